@@ -1,0 +1,24 @@
+# The README's two commands are these targets, so docs and CI cannot drift apart.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# CPU torch first (the build on local disk), so no dependency pulls a CUDA build.
+$(VENV)/.installed: setup.py $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/python scripts/train.py experiment=countdown_tiny
+
+test: setup
+	$(BIN)/python -m pytest -q tests

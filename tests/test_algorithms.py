@@ -1,0 +1,257 @@
+"""The RL math against slow, obviously-correct references: Python loops in float64."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from tinyzero import algorithms as alg
+
+SEEDS = range(24)
+
+
+def random_batch(seed):
+    """Random `[B, T]` tensors with random right-padding (some rows fully valid, some empty)."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    b, t = rng.randint(1, 12), rng.randint(1, 40)
+    lengths = [rng.choice([0, t, rng.randint(0, t)]) for _ in range(b)]
+    mask = torch.tensor([[1.0] * n + [0.0] * (t - n) for n in lengths], dtype=torch.float64)
+
+    def rand(scale=1.0):
+        return torch.randn(b, t, generator=gen, dtype=torch.float64) * scale
+
+    return b, t, lengths, mask, rand
+
+
+def ref_gae(rewards, values, lengths, gamma, lam):
+    b, t = len(rewards), len(rewards[0])
+    adv = [[0.0] * t for _ in range(b)]
+    ret = [[0.0] * t for _ in range(b)]
+    for i in range(b):
+        running = 0.0
+        for j in reversed(range(lengths[i])):
+            next_value = values[i][j + 1] if j + 1 < lengths[i] else 0.0
+            delta = rewards[i][j] + gamma * next_value - values[i][j]
+            running = delta + gamma * lam * running
+            adv[i][j] = running
+            ret[i][j] = running + values[i][j]
+    return torch.tensor(adv, dtype=torch.float64), torch.tensor(ret, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gae_matches_loop(seed):
+    b, t, lengths, mask, rand = random_batch(seed)
+    rewards, values = rand(), rand()
+    gamma, lam = random.Random(seed).choice([(1.0, 1.0), (0.99, 0.95), (0.9, 0.0), (1.0, 0.5)])
+    adv, ret = alg.compute_gae(rewards, values, mask, gamma, lam)
+    ref_adv, ref_ret = ref_gae(rewards.tolist(), values.tolist(), lengths, gamma, lam)
+    torch.testing.assert_close(adv, ref_adv)
+    torch.testing.assert_close(ret, ref_ret)
+
+
+def test_gae_hand_computed():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.5, 0.25, 0.75, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    adv, ret = alg.compute_gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    # with γ = λ = 1 the advantage is the return-to-go minus the value; padding is 0
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.75, 0.25, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+    adv, _ = alg.compute_gae(rewards, values, mask, gamma=0.5, lam=0.0)
+    # λ = 0: one-step TD errors δ_t = r_t + γ V_{t+1} − V_t
+    torch.testing.assert_close(adv, torch.tensor([[0.5 * 0.25 - 0.5, 0.5 * 0.75 - 0.25, 1.0 - 0.75, 0.0]]))
+
+
+def ref_grpo(scores, groups, lengths, t, norm_by_std, eps):
+    out = []
+    for i, s in enumerate(scores):
+        members = [scores[j] for j in range(len(scores)) if groups[j] == groups[i]]
+        if len(members) == 1:
+            mean, std = 0.0, 1.0
+        else:
+            mean = sum(members) / len(members)
+            std = math.sqrt(sum((m - mean) ** 2 for m in members) / (len(members) - 1))
+        a = (s - mean) / (std + eps) if norm_by_std else s - mean
+        out.append([a] * lengths[i] + [0.0] * (t - lengths[i]))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grpo_matches_loop(seed):
+    b, t, lengths, mask, _ = random_batch(seed)
+    rng = random.Random(seed)
+    scores = [rng.choice([0.0, 0.1, 1.0]) + rng.random() * (seed % 2) for _ in range(b)]
+    groups = [rng.randint(0, max(1, b // 3)) * 7 for _ in range(b)]
+    for norm in (True, False):
+        got = alg.compute_grpo_advantages(torch.tensor(scores, dtype=torch.float64), torch.tensor(groups), mask, norm)
+        torch.testing.assert_close(got.double(), ref_grpo(scores, groups, lengths, t, norm, 1e-6), rtol=1e-5, atol=1e-5)
+
+
+def test_grpo_hand_computed():
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 1, 1, 2])
+    mask = torch.ones(5, 2)
+    adv = alg.compute_grpo_advantages(scores, groups, mask, eps=0.0)
+    s = math.sqrt(0.5)  # unbiased std of {0, 1}
+    torch.testing.assert_close(adv[:, 0], torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 1.0]))
+
+
+def ref_kl(logp, ref, kind):
+    out = []
+    for a, b in zip(logp, ref):
+        log_ratio = b - a
+        if kind in ("k1", "kl"):
+            out.append(-log_ratio)
+        elif kind in ("k2", "mse"):
+            out.append(0.5 * log_ratio**2)
+        else:
+            out.append(min(max(math.exp(log_ratio) - 1 - log_ratio, -10), 10))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["k1", "k2", "k3", "low_var_kl", "kl", "mse"])
+@pytest.mark.parametrize("seed", range(4))
+def test_kl_penalty_matches_loop(kind, seed):
+    _, _, _, _, rand = random_batch(seed)
+    logp, ref = rand(2.0), rand(2.0)
+    got = alg.kl_penalty(logp, ref, kind)
+    want = torch.tensor([ref_kl(a, b, kind) for a, b in zip(logp.tolist(), ref.tolist())], dtype=torch.float64)
+    torch.testing.assert_close(got, want)
+
+
+def test_kl_penalty_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="algorithm.kl_penalty.*k3"):
+        alg.kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
+
+
+def ref_aggregate(loss, lengths, mode):
+    per_seq = [(sum(row[:n]), n) for row, n in zip(loss, lengths)]
+    if mode == "token-mean":
+        total = sum(n for _, n in per_seq)
+        return sum(s for s, _ in per_seq) / max(total, 1)
+    if mode == "seq-mean-token-sum":
+        return sum(s for s, _ in per_seq) / len(per_seq)
+    return sum(s / max(n, 1) for s, n in per_seq) / len(per_seq)
+
+
+def ref_policy_loss(old, new, adv, lengths, lo, hi, c, mode):
+    losses, clipped_count, kl_sum, count = [], 0, 0.0, 0
+    for i in range(len(old)):
+        row = []
+        for j in range(len(old[i])):
+            ratio = math.exp(new[i][j] - old[i][j])
+            a = adv[i][j]
+            l1, l2 = -a * ratio, -a * min(max(ratio, 1 - lo), 1 + hi)
+            loss = max(l1, l2)
+            if c is not None and a < 0:
+                loss = min(loss, -a * c)
+            row.append(loss)
+            if j < lengths[i]:
+                clipped_count += l2 > l1
+                kl_sum += old[i][j] - new[i][j]
+                count += 1
+        losses.append(row)
+    return ref_aggregate(losses, lengths, mode), clipped_count / max(count, 1), kl_sum / max(count, 1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_policy_loss_matches_loop(seed):
+    _, _, lengths, mask, rand = random_batch(seed)
+    rng = random.Random(seed)
+    old = rand(1.0)
+    new = old + rand(0.3)
+    adv = rand()
+    lo, hi = rng.choice([(0.2, 0.2), (0.2, 0.28), (0.1, 0.3)])
+    c = rng.choice([None, 3.0])
+    for mode in alg.LOSS_AGG_MODES:
+        loss, clipfrac, kl = alg.policy_loss(old, new, adv, mask, lo, hi, c, mode)
+        want = ref_policy_loss(old.tolist(), new.tolist(), adv.tolist(), lengths, lo, hi, c, mode)
+        for got, ref in zip((loss, clipfrac, kl), want):
+            assert got.item() == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+
+def test_policy_loss_hand_computed():
+    old = torch.zeros(1, 2, dtype=torch.float64)
+    new = torch.log(torch.tensor([[1.5, 0.5]], dtype=torch.float64))
+    adv = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    loss, clipfrac, _ = alg.policy_loss(old, new, adv, mask, 0.2, 0.2)
+    # token 0: ratio 1.5 clipped to 1.2 → −1.2; token 1: max(0.5, 0.8) = 0.8 (clipped)
+    assert loss.item() == pytest.approx((-1.2 + 0.8) / 2)
+    assert clipfrac.item() == pytest.approx(1.0)
+    # dual clip caps the loss of negative advantages at c·|A|
+    new = torch.log(torch.tensor([[1.0, 5.0]], dtype=torch.float64))
+    loss, _, _ = alg.policy_loss(old, new, adv, mask, 0.2, 0.2, clip_ratio_c=3.0)
+    assert loss.item() == pytest.approx((-1.0 + 3.0) / 2)
+
+
+def test_policy_loss_gradient_flows_only_through_new_logprobs():
+    old = torch.zeros(2, 3)
+    new = torch.zeros(2, 3, requires_grad=True)
+    loss, _, _ = alg.policy_loss(old, new, torch.ones(2, 3), torch.ones(2, 3))
+    loss.backward()
+    torch.testing.assert_close(new.grad, torch.full((2, 3), -1 / 6))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_value_loss_matches_loop(seed):
+    _, _, lengths, mask, rand = random_batch(seed)
+    values, old, returns = rand(), rand(), rand()
+    clip = random.Random(seed).choice([0.2, 0.5, 10.0])
+    for mode in alg.LOSS_AGG_MODES:
+        loss, clipfrac = alg.value_loss(values, old, returns, mask, clip, mode)
+        rows, clipped, count = [], 0, 0
+        for i in range(len(lengths)):
+            row = []
+            for j in range(values.shape[1]):
+                v, o, r = values[i, j].item(), old[i, j].item(), returns[i, j].item()
+                vc = o + min(max(v - o, -clip), clip)
+                row.append(0.5 * max((v - r) ** 2, (vc - r) ** 2))
+                if j < lengths[i]:
+                    clipped += (vc - r) ** 2 > (v - r) ** 2
+                    count += 1
+            rows.append(row)
+        assert loss.item() == pytest.approx(ref_aggregate(rows, lengths, mode), rel=1e-9, abs=1e-12)
+        assert clipfrac.item() == pytest.approx(clipped / max(count, 1))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_masked_statistics_match_loop(seed):
+    _, _, lengths, mask, rand = random_batch(seed)
+    x = rand(3.0) + 1.0
+    items = [x[i, j].item() for i in range(len(lengths)) for j in range(lengths[i])]
+    if len(items) < 2:
+        return
+    mean = sum(items) / len(items)
+    var = sum((v - mean) ** 2 for v in items) / (len(items) - 1)
+    assert alg.masked_mean(x, mask).item() == pytest.approx(mean)
+    assert alg.masked_var(x, mask).item() == pytest.approx(var)
+    white = alg.masked_whiten(x, mask)
+    for i in range(len(lengths)):
+        for j in range(lengths[i]):
+            assert white[i, j].item() == pytest.approx((x[i, j].item() - mean) / math.sqrt(var + 1e-8))
+    unshifted = alg.masked_whiten(x, mask, shift_mean=False)
+    assert alg.masked_mean(unshifted, mask).item() == pytest.approx(mean)
+    ent = alg.entropy_bonus(x, mask, "seq-mean-token-mean")
+    assert ent.item() == pytest.approx(ref_aggregate(x.tolist(), lengths, "seq-mean-token-mean"))
+
+
+def test_aggregate_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="algorithm.loss_agg_mode"):
+        alg.aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "sum")
+
+
+def test_kl_controllers():
+    fixed = alg.FixedKLController(0.1)
+    fixed.update(5.0, 10)
+    assert fixed.value == 0.1
+    ctl = alg.AdaptiveKLController(0.1, target_kl=1.0, horizon=100)
+    ctl.update(current_kl=2.0, n_steps=10)  # error clipped to +0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
+    ctl.update(current_kl=0.9, n_steps=10)
+    assert ctl.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 10 / 100))
+    restored = alg.AdaptiveKLController(0.5, 1.0, 100)
+    restored.load_state_dict(ctl.state_dict())
+    assert restored.value == ctl.value

@@ -1,0 +1,20 @@
+import subprocess
+import sys
+
+
+def run(code, cwd):
+    # run outside the checkout, as an installed user would: the repo root is not on sys.path
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_kernels_installs_as_tinyzero_kernels(tmp_path):
+    result = run("import tinyzero.kernels, importlib.util; print(importlib.util.find_spec('kernels'))", tmp_path)
+    assert result.returncode == 0, result.stderr
+    # no top-level `kernels` module of ours that transformers would mistake for HF kernels
+    assert result.stdout.strip() == "None"
+
+
+def test_transformers_import_is_not_disturbed(tmp_path):
+    result = run("import tinyzero.kernels, transformers; from transformers import AutoModelForCausalLM; print('ok')", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,149 @@
+import time
+
+import pytest
+
+from tinyzero.tasks import countdown, multiplication
+from tinyzero.tasks.countdown import CountdownTask
+from tinyzero.tasks.multiplication import MultiplicationTask
+
+GT = {"target": 24, "numbers": [2, 3, 4]}
+TIME_BOUND_S = 0.05
+
+
+def timed_score(fn, text, gt):
+    start = time.perf_counter()
+    score = fn(text, gt)
+    elapsed = time.perf_counter() - start
+    assert elapsed < TIME_BOUND_S, f"scoring took {elapsed * 1000:.1f} ms"
+    return score
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("<answer>2 * 3 * 4</answer>", 1.0),
+        ("<think>try</think> <answer> (4 * 3) * 2 </answer>", 1.0),
+        ("<answer>4 * (3 + 3)</answer>", 0.1),  # 3 used twice, 2 unused
+        ("<answer>2 + 3 + 4</answer>", 0.1),  # valid but wrong value
+        ("<answer>2 * 3</answer>", 0.1),  # a number missing
+        ("no answer here", 0.0),
+        ("<answer>2 * 3 * 4", 0.0),  # unclosed
+        ("<answer>1</answer> then <answer>2*3*4</answer>", 1.0),  # the last answer counts
+        ("<answer>2*3*4</answer> then <answer>1</answer>", 0.1),
+        ("<answer>4 / (3 - 3) * 2</answer>", 0.1),  # division by zero
+        ("<answer>2 * 3 * 4 +</answer>", 0.1),  # syntax error
+        ("<answer>-2 * -3 * 4</answer>", 1.0),  # unary minus is arithmetic
+        ("<answer>2.0 * 3 * 4</answer>", 0.1),  # floats are not the given integers
+    ],
+)
+def test_countdown_cases(response, expected):
+    assert countdown.compute_score(response, GT) == expected
+
+
+def test_countdown_division_exact():
+    assert countdown.compute_score("<answer>7 / 21 * 3</answer>", {"target": 1, "numbers": [3, 7, 21]}) == 1.0
+    assert countdown.compute_score("<answer>6 / 3 * 1</answer>", {"target": 2, "numbers": [1, 3, 6]}) == 1.0
+    assert countdown.compute_score("<answer>6 / 4 * 1</answer>", {"target": 1, "numbers": [1, 4, 6]}) == 0.1
+
+
+def test_countdown_custom_scores():
+    assert countdown.compute_score("<answer>2+3+4</answer>", GT, format_score=0.0, score=2.0) == 0.0
+    assert countdown.compute_score("<answer>2*3*4</answer>", GT, format_score=0.0, score=2.0) == 2.0
+
+
+HOSTILE = [
+    "<answer>9**9**9</answer>",
+    "<answer>2**3**4</answer>",
+    "<answer>" + "9" * 1_000_000 + "</answer>",
+    "x" * 1_000_000,
+    "<answer>" * 100_000 + "</answer>",
+    "<answer>" + "(" * 10_000 + "2*3*4" + ")" * 10_000 + "</answer>",
+    "<answer>" + "-" * 10_000 + "2*3*4</answer>",
+    "<answer>__import__('os').system('echo pwned')</answer>",
+    "<answer>٢ * ٣ * ٤</answer>",  # arabic-indic digits
+    "<answer>２*３*４</answer>",  # full-width digits
+    "<answer>" + "+".join(["1"] * 200_000) + "</answer>",
+    "<answer>lambda: 0</answer>",
+    "<answer>[2, 3, 4]</answer>",
+    "<answer>2 // 3 * 4</answer>",
+    "<answer>\x00\udcff</answer>",
+    "<answer>" + "2*3*4 " * 100 + "</answer>",
+]
+
+
+@pytest.mark.parametrize("response", HOSTILE, ids=range(len(HOSTILE)))
+def test_countdown_hostile_inputs_are_fast_and_safe(response):
+    assert timed_score(countdown.compute_score, response, GT) == 0.1 or response.count("</answer>") == 0
+
+
+@pytest.mark.parametrize("response", HOSTILE, ids=range(len(HOSTILE)))
+def test_multiplication_hostile_inputs_are_fast_and_safe(response):
+    assert timed_score(multiplication.compute_score, response, {"product": 24}) in (0.0, 0.1)
+
+
+def test_hostile_scores_are_format_scores():
+    # every hostile answer above is closed, so each is a format score, never a reward
+    for response in HOSTILE:
+        expected = 0.0 if "</answer>" not in response else 0.1
+        assert timed_score(countdown.compute_score, response, GT) == expected
+
+
+def test_non_string_response_scores_zero():
+    assert countdown.compute_score(None, GT) == 0.0
+    assert multiplication.compute_score(b"<answer>24</answer>", {"product": 24}) == 0.0
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("<answer>1554</answer>", 1.0),
+        ("<answer> 1554 </answer>", 1.0),
+        ("<answer>1555</answer>", 0.1),
+        ("<answer>42 * 37</answer>", 0.1),  # restating the question is not an answer
+        ("<answer>1,554</answer>", 0.1),
+        ("1554", 0.0),
+    ],
+)
+def test_multiplication_cases(response, expected):
+    assert multiplication.compute_score(response, {"product": 42 * 37}) == expected
+
+
+def test_countdown_generation_is_seeded_and_solvable():
+    task = CountdownTask()
+    rows = task.generate(300, seed=3)
+    assert rows == task.generate(300, seed=3)
+    assert rows != task.generate(300, seed=4)
+    for row in rows:
+        assert 3 <= len(row["nums"]) <= 4
+        assert all(1 <= n <= 100 for n in row["nums"])
+        assert 1 <= row["target"] <= 1000
+
+
+def test_countdown_generated_solution_scores_one():
+    import random
+
+    from tinyzero.tasks.countdown import random_solution
+
+    rng = random.Random(0)
+    solved = 0
+    for _ in range(200):
+        numbers = [rng.randint(1, 100) for _ in range(rng.randint(3, 4))]
+        text, value = random_solution(numbers, "+-*/", rng)
+        if value.denominator == 1:
+            gt = {"target": int(value), "numbers": numbers}
+            assert countdown.compute_score(f"<answer>{text}</answer>", gt) == 1.0
+            solved += 1
+    assert solved > 50
+
+
+def test_multiplication_generation_digits():
+    rows = MultiplicationTask(digits_a=3, digits_b=2).generate(100, seed=0)
+    assert all(100 <= r["a"] <= 999 and 10 <= r["b"] <= 99 for r in rows)
+    assert MultiplicationTask().ground_truth({"a": 12, "b": 34}) == {"product": 408}
+
+
+def test_bad_task_config_names_the_key():
+    with pytest.raises(ValueError, match="task.operations"):
+        CountdownTask(operations="+^")
+    with pytest.raises(ValueError, match="task.question"):
+        MultiplicationTask(question="long")

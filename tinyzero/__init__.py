@@ -1,0 +1,1 @@
+"""tinyzero: R1-Zero style reinforcement learning on small language models."""

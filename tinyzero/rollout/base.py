@@ -1,0 +1,73 @@
+"""The rollout engine protocol: what every engine (transformers, vLLM) implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+PHASES = ("weights", "kv_cache")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: `n` responses per prompt; `temperature == 0` is greedy."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"rollout.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"rollout.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Rollouts:
+    """Responses to a list of prompts, `n` per prompt, grouped by prompt.
+
+    `prompt_index[i]` is the prompt that response `i` answers; `response_ids[i]` ends at
+    (and includes) the first EOS when the engine stopped there; `logprobs[i]`, when the
+    engine computes them, are the sampling log-probs of those tokens.
+    """
+
+    prompt_index: list[int]
+    response_ids: list[list[int]]
+    logprobs: list[list[float]] | None = None
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Generates responses on the training devices, sleeping while the policy trains.
+
+    One step's cycle: `wake_up(["weights"])` → `load_weights(policy weights)` →
+    `reset_prefix_cache()` → `wake_up(["kv_cache"])` → `generate` → `sleep()`.
+    """
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> Rollouts: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None: ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def reset_prefix_cache(self) -> None: ...
+
+
+def check_tags(tags: Sequence[str] | None) -> tuple[str, ...]:
+    tags = PHASES if tags is None else tuple(tags)
+    unknown = set(tags) - set(PHASES)
+    if unknown:
+        raise ValueError(f"wake_up tags must be among {list(PHASES)}, got {sorted(unknown)}")
+    return tags

@@ -1,0 +1,103 @@
+"""Countdown: combine the given numbers, each exactly once, with + - * / to reach the target."""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+from tinyzero.tasks.arith import UnsafeExpression, evaluate, last_answer, literals, parse_expression
+
+QUESTION = (
+    "Using the numbers {numbers}, create an equation that equals {target}. "
+    "You can use basic arithmetic operations (+, -, *, /) and each number can only be used once. "
+    "Show your work in <think> </think> tags. And return the final answer in <answer> </answer> tags, "
+    "for example <answer> (1 + 2) / 3 </answer>."
+)
+SHORT_QUESTION = "Using the numbers {numbers}, create an equation that equals {target}."
+
+
+def compute_score(solution_str: str, ground_truth: dict, format_score: float = 0.1, score: float = 1.0) -> float:
+    """Reward of one response: 0 without an answer, `format_score` for a wrong or invalid
+    equation, `score` when it uses each given number exactly once and equals the target.
+
+    `solution_str` is the response text only; `ground_truth = {"target": int, "numbers": list[int]}`.
+    """
+    equation = last_answer(solution_str)
+    if equation is None:
+        return 0.0
+    try:
+        tree = parse_expression(equation)
+        if sorted(literals(tree)) != sorted(int(n) for n in ground_truth["numbers"]):
+            return format_score
+        value = evaluate(tree)
+    except (UnsafeExpression, ZeroDivisionError, ArithmeticError):
+        return format_score
+    return score if abs(value - Fraction(int(ground_truth["target"]))) < Fraction(1, 100000) else format_score
+
+
+def random_solution(numbers: list[int], operations: str, rng: random.Random) -> tuple[str, Fraction]:
+    """A random left-to-right equation over a random order of `numbers` and its exact value."""
+    order = rng.sample(numbers, len(numbers))
+    text, value = str(order[0]), Fraction(order[0])
+    for number in order[1:]:
+        op = rng.choice(operations)
+        if op == "/" and number == 0:
+            op = "+"
+        value = {"+": value + number, "-": value - number, "*": value * number, "/": value / number}[op]
+        text = f"({text} {op} {number})" if op in "+-" and len(order) > 2 else f"{text} {op} {number}"
+    return text, value
+
+
+class CountdownTask:
+    """Problem generator, prompt text and reward for countdown.
+
+    Defaults follow TinyZero's generator (numbers in 1..100, targets in 1..1000, 3–4 numbers);
+    every target is built from its numbers, so each problem has a solution.
+    """
+
+    name = "countdown"
+    columns = ("target", "nums")
+
+    def __init__(
+        self,
+        min_count: int = 3,
+        max_count: int = 4,
+        min_number: int = 1,
+        max_number: int = 100,
+        max_target: int = 1000,
+        operations: str = "+-*/",
+        question: str = "full",
+        format_score: float = 0.1,
+    ):
+        if not 2 <= min_count <= max_count:
+            raise ValueError(f"task.min_count/max_count must satisfy 2 <= min <= max, got {min_count}, {max_count}")
+        if not operations or set(operations) - set("+-*/"):
+            raise ValueError(f"task.operations must be a non-empty subset of '+-*/', got {operations!r}")
+        if question not in ("full", "short"):
+            raise ValueError(f"task.question must be one of ['full', 'short'], got {question!r}")
+        self.min_count, self.max_count = min_count, max_count
+        self.min_number, self.max_number, self.max_target = min_number, max_number, max_target
+        self.operations = operations
+        self.question_format = QUESTION if question == "full" else SHORT_QUESTION
+        self.format_score = format_score
+
+    def generate(self, num_problems: int, seed: int) -> list[dict]:
+        """`num_problems` rows `{"target", "nums"}` (the schema of Jiayi-Pan/Countdown-Tasks-3to4)."""
+        rng = random.Random(seed)
+        rows = []
+        while len(rows) < num_problems:
+            count = rng.randint(self.min_count, self.max_count)
+            numbers = [rng.randint(self.min_number, self.max_number) for _ in range(count)]
+            _, value = random_solution(numbers, self.operations, rng)
+            if value.denominator == 1 and 1 <= value <= self.max_target:
+                rows.append({"target": int(value), "nums": numbers})
+        return rows
+
+    def question(self, row: dict) -> str:
+        return self.question_format.format(numbers=[int(n) for n in row["nums"]], target=int(row["target"]))
+
+    def ground_truth(self, row: dict) -> dict:
+        return {"target": int(row["target"]), "numbers": [int(n) for n in row["nums"]]}
+
+    def score(self, response: str, ground_truth: dict) -> float:
+        return compute_score(response, ground_truth, format_score=self.format_score)
