@@ -55,11 +55,11 @@ class CountdownTask:
     every target is built from its numbers, so each problem has a solution.
     """
 
-    name = "countdown"
     columns = ("target", "nums")
 
     def __init__(
         self,
+        name: str = "countdown",
         min_count: int = 3,
         max_count: int = 4,
         min_number: int = 1,
@@ -80,6 +80,7 @@ class CountdownTask:
         self.operations = operations
         self.question_format = QUESTION if question == "full" else SHORT_QUESTION
         self.format_score = format_score
+        self.name = name  # names the data folder: variants of a task keep separate data
 
     def generate(self, num_problems: int, seed: int) -> list[dict]:
         """`num_problems` rows `{"target", "nums"}` (the schema of Jiayi-Pan/Countdown-Tasks-3to4)."""
@@ -101,3 +102,7 @@ class CountdownTask:
 
     def score(self, response: str, ground_truth: dict) -> float:
         return compute_score(response, ground_truth, format_score=self.format_score)
+
+    def random_answer(self, row: dict, rng: random.Random) -> str:
+        """A well-formed answer that ignores the target: pre-training text, never a solution."""
+        return random_solution([int(n) for n in row["nums"]], self.operations, rng)[0]

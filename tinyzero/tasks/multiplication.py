@@ -30,10 +30,9 @@ def compute_score(solution_str: str, ground_truth: dict, format_score: float = 0
 class MultiplicationTask:
     """`a * b` with `a` of `digits_a` digits and `b` of `digits_b` digits."""
 
-    name = "multiplication"
     columns = ("a", "b")
 
-    def __init__(self, digits_a: int = 3, digits_b: int = 3, question: str = "full", format_score: float = 0.1):
+    def __init__(self, name: str = "multiplication", digits_a: int = 3, digits_b: int = 3, question: str = "full", format_score: float = 0.1):
         if digits_a < 1 or digits_b < 1:
             raise ValueError(f"task.digits_a and task.digits_b must be >= 1, got {digits_a}, {digits_b}")
         if question not in ("full", "short"):
@@ -41,6 +40,7 @@ class MultiplicationTask:
         self.digits_a, self.digits_b = digits_a, digits_b
         self.question_format = QUESTION if question == "full" else SHORT_QUESTION
         self.format_score = format_score
+        self.name = name  # names the data folder: variants of a task keep separate data
 
     def generate(self, num_problems: int, seed: int) -> list[dict]:
         rng = random.Random(seed)
@@ -58,3 +58,8 @@ class MultiplicationTask:
 
     def score(self, response: str, ground_truth: dict) -> float:
         return compute_score(response, ground_truth, format_score=self.format_score)
+
+    def random_answer(self, row: dict, rng: random.Random) -> str:
+        """A number of the product's digit count, unrelated to the factors: pre-training text."""
+        digits = len(str(self.ground_truth(row)["product"]))
+        return str(rng.randint(10 ** (digits - 1), 10**digits - 1))

@@ -1,0 +1,18 @@
+"""Train: `python scripts/train.py experiment=countdown_tiny` (any recipe in conf/experiment/)."""
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from tinyzero.build import build
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    L.seed_everything(cfg.seed, workers=True)
+    trainer, module, datamodule = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+
+if __name__ == "__main__":
+    main()

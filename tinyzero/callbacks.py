@@ -1,0 +1,126 @@
+"""Callbacks that drive the rollout engine, evaluate on held-out prompts, and save checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from tinyzero.distributed import full_state_dict, iter_full_weights
+from tinyzero.experience import score_rollouts
+from tinyzero.rollout.base import RolloutEngine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class RolloutCallback(L.Callback):
+    """Runs the engine's phase cycle before each training batch and hands the rollouts over:
+    wake weights → push policy weights → reset prefix cache → wake KV cache → generate → sleep.
+
+    Every `eval_every_n_steps` steps (and at the start and the end) it scores greedy
+    responses to the held-out prompts.
+    """
+
+    def __init__(self, engine: RolloutEngine, sampling: SamplingParams, eval_every_n_steps: int = 0,
+                 eval_max_new_tokens: int | None = None, print_samples_every_n_steps: int = 0, num_samples_printed: int = 2):
+        self.engine, self.sampling = engine, sampling
+        self.eval_every_n_steps = eval_every_n_steps
+        self.eval_sampling = SamplingParams(n=1, temperature=0.0, max_new_tokens=eval_max_new_tokens or sampling.max_new_tokens)
+        self.print_samples_every_n_steps, self.num_samples_printed = print_samples_every_n_steps, num_samples_printed
+        self.eval_history: list[dict] = []
+
+    def push_weights(self, module) -> float:
+        """Wake the weights and stream the current policy in; returns the seconds it took."""
+        start = time.perf_counter()
+        self.engine.wake_up(["weights"])
+        self.engine.load_weights(iter_full_weights(module.policy))
+        self.engine.reset_prefix_cache()
+        return time.perf_counter() - start
+
+    def generate(self, prompt_ids, sampling: SamplingParams):
+        self.engine.wake_up(["kv_cache"])
+        try:
+            return self.engine.generate(prompt_ids, sampling)
+        finally:
+            self.engine.sleep()
+
+    def on_train_start(self, trainer, module) -> None:
+        if self.eval_every_n_steps and module.rl_step % self.eval_every_n_steps == 0:
+            self.evaluate(trainer, module)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        timings = {"time/push_weights": self.push_weights(module)}
+        # a fresh, reproducible seed per step and rank: resuming at step k samples as the first run did
+        sampling = replace(self.sampling, seed=self.sampling.seed + 1_000_003 * module.rl_step + 7919 * trainer.global_rank)
+        start = time.perf_counter()
+        rollouts = self.generate(batch["prompt_ids"], sampling)
+        timings["time/generate"] = time.perf_counter() - start
+        module.set_rollouts(rollouts, timings)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = module.rl_step
+        if self.print_samples_every_n_steps and step % self.print_samples_every_n_steps == 0 and trainer.is_global_zero:
+            for text, score in list(zip(module.last_texts, module.last_scores.tolist()))[: self.num_samples_printed]:
+                print(f"[step {step}] score={score:.2f} response={text!r}")
+        if self.eval_every_n_steps and step % self.eval_every_n_steps == 0:
+            self.evaluate(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["step"] != module.rl_step):
+            self.evaluate(trainer, module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer, module) -> dict:
+        """Greedy accuracy and mean score on this rank's share of the test set, reduced over ranks."""
+        self.push_weights(module)
+        datamodule = trainer.datamodule
+        items = datamodule.test_shard(trainer.global_rank, trainer.world_size)
+        rollouts = self.generate([item["prompt_ids"] for item in items], self.eval_sampling)
+        scores, _ = score_rollouts(module.task, module.tokenizer, rollouts, [item["ground_truth"] for item in items])
+        totals = torch.tensor([float((scores >= 1.0).sum()), float(scores.sum()), float(len(scores))], device=module.device)
+        totals = trainer.strategy.reduce(totals, reduce_op="sum")
+        result = {"step": module.rl_step, "val/accuracy": (totals[0] / totals[2]).item(), "val/score": (totals[1] / totals[2]).item()}
+        self.eval_history.append(result)
+        for logger in trainer.loggers:
+            logger.log_metrics({k: v for k, v in result.items() if k != "step"}, step=module.rl_step)
+        if trainer.is_global_zero:
+            print(f"[step {module.rl_step}] held-out greedy accuracy {result['val/accuracy']:.3f} "
+                  f"(mean score {result['val/score']:.3f}, {int(totals[2])} problems)")
+        return result
+
+
+class RLCheckpoint(L.Callback):
+    """Saves `step_K.ckpt` every `every_n_steps` RL steps and at the end, plus the policy and
+    critic in Hugging Face format (`hf/step_K/{policy,critic}`), loadable with `from_pretrained`."""
+
+    def __init__(self, dirpath: str, every_n_steps: int = 100, save_hf: bool = True):
+        self.dirpath, self.every_n_steps, self.save_hf = Path(dirpath), every_n_steps, save_hf
+        self._last_saved: int | None = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and module.rl_step % self.every_n_steps == 0:
+            self.save(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        if self._last_saved != module.rl_step:
+            self.save(trainer, module)
+
+    def save(self, trainer, module) -> Path:
+        step = module.rl_step
+        path = self.dirpath / f"step_{step}.ckpt"
+        trainer.save_checkpoint(path)
+        if self.save_hf:
+            for name, model in (("policy", module.policy), ("critic", module.critic)):
+                if model is None:
+                    continue
+                state = full_state_dict(model)
+                if trainer.is_global_zero:
+                    target = self.dirpath / "hf" / f"step_{step}" / name
+                    model.save_pretrained(target, state_dict=state)
+                    module.tokenizer.save_pretrained(target)
+        self._last_saved = step
+        return path

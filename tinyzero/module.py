@@ -1,0 +1,277 @@
+"""The LightningModule: one PPO / GRPO step from rollouts to updated policy and critic.
+
+The rollout callback hands each batch's rollouts to `set_rollouts`; `training_step` scores
+them, computes old, reference and value estimates, advantages, and runs `ppo_epochs` passes
+of clipped updates over shuffled mini-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from tinyzero import algorithms as alg
+from tinyzero.experience import Batch, pack, score_rollouts
+from tinyzero.logprobs import response_logprobs, response_values
+from tinyzero.models.loading import load_critic, load_policy
+from tinyzero.rollout.base import Rollouts
+
+log = logging.getLogger(__name__)
+ADV_ESTIMATORS = ("gae", "grpo")
+
+
+def chunks(indices: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def grad_norm_value(norm: torch.Tensor) -> float:
+    """Total grad norm as a float; FSDP2 returns a DTensor that must be gathered first."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+class PPOModule(L.LightningModule):
+    def __init__(self, model: DictConfig, algorithm: DictConfig, task, tokenizer, kernels_backend: str = "torch",
+                 rollout_temperature: float = 1.0, seed: int = 0):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model_cfg, self.cfg = model, algorithm
+        self.task, self.tokenizer = task, tokenizer
+        self.kernels_backend, self.rollout_temperature = kernels_backend, rollout_temperature
+        self.use_critic = algorithm.adv_estimator == "gae"
+        self.kl_in_reward = not algorithm.use_kl_loss and algorithm.kl_coef > 0
+        self.use_reference = algorithm.use_kl_loss or self.kl_in_reward
+        self.kl_ctrl = (
+            alg.AdaptiveKLController(algorithm.kl_coef, algorithm.target_kl, algorithm.kl_horizon)
+            if algorithm.kl_ctrl == "adaptive" else alg.FixedKLController(algorithm.kl_coef)
+        )
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.rl_step = 0
+        self.policy = self.critic = self.reference = None
+        self._rollouts: tuple[Rollouts, dict] | None = None
+
+    # ---- models -------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        cfg = self.model_cfg
+        self.policy = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation)
+        if self.use_critic:
+            self.critic = load_critic(cfg.critic_path, cfg.dtype, cfg.attn_implementation)
+        if self.use_reference:
+            self.reference = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation).eval().requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            for model in (self.policy, self.critic):
+                if model is not None:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.device_mesh is not None:
+            from tinyzero.distributed import shard_fsdp2
+
+            for model in (self.policy, self.critic, self.reference):
+                if model is not None:
+                    shard_fsdp2(model, self.device_mesh["data_parallel"])
+
+    def configure_optimizers(self):
+        def build(model, lr):
+            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.999))
+            warmup = max(1, self.cfg.lr_warmup_steps)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))}
+
+        configs = [build(self.policy, self.cfg.actor_lr)]
+        if self.use_critic:
+            configs.append(build(self.critic, self.cfg.critic_lr))
+        return configs
+
+    # ---- rollouts in ---------------------------------------------------------------------
+    def set_rollouts(self, rollouts: Rollouts, timings: dict[str, float]) -> None:
+        self._rollouts = (rollouts, timings)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.model_cfg.autocast_bf16)
+
+    @torch.no_grad()
+    def _evaluate_in_micro_batches(self, fn, batch: Batch, micro: int) -> torch.Tensor:
+        outputs = []
+        for idx in chunks(torch.arange(len(batch.input_ids)), micro):
+            with self.autocast():
+                outputs.append(fn(batch.input_ids[idx].to(self.device), batch.attention_mask[idx].to(self.device)))
+        return torch.cat(outputs)
+
+    def make_experience(self, prompts: dict, rollouts: Rollouts) -> tuple[Batch, dict[str, torch.Tensor], dict[str, float]]:
+        """Score, estimate old/ref log-probs and values, and compute advantages and returns."""
+        cfg, micro = self.cfg, self.cfg.log_prob_micro_batch_size
+        batch = pack(prompts["prompt_ids"], rollouts, prompts["index"], self.tokenizer.pad_token_id)
+        scores, texts = score_rollouts(self.task, self.tokenizer, rollouts, prompts["ground_truth"])
+        if not torch.isfinite(scores).all():
+            raise ValueError(f"task {self.task.name} returned a non-finite reward")
+        mask = batch.response_mask.to(self.device)
+        length = mask.sum(-1).long()
+        R = batch.response_len
+
+        def policy_logprobs(model):
+            return lambda ids, am: response_logprobs(model, ids, am, R, self.rollout_temperature,
+                                                     self.kernels_backend, with_entropy=False)[0]
+
+        self.policy.eval()
+        old_logprobs = self._evaluate_in_micro_batches(policy_logprobs(self.policy), batch, micro).float()
+        self.policy.train()
+        exp = {"old_logprobs": old_logprobs, "response_mask": mask}
+        metrics = {}
+        if self.use_reference:
+            exp["ref_logprobs"] = self._evaluate_in_micro_batches(policy_logprobs(self.reference), batch, micro).float()
+        # the sparse reward sits on the last response token
+        token_scores = torch.zeros_like(mask)
+        rows = torch.nonzero(length > 0).squeeze(-1)
+        token_scores[rows, length[rows] - 1] = scores.to(self.device)[rows]
+        token_rewards = token_scores
+        if self.kl_in_reward:
+            kl = alg.kl_penalty(old_logprobs, exp["ref_logprobs"], cfg.kl_penalty) * mask
+            token_rewards = token_scores - self.kl_ctrl.value * kl
+            current_kl = alg.masked_mean(kl, mask, dim=-1).mean().item()
+            metrics["kl/reward_kl"] = current_kl
+            metrics["kl/coef"] = self.kl_ctrl.value
+            self.kl_ctrl.update(current_kl, n_steps=len(scores))
+        if self.use_critic:
+            self.critic.eval()
+            values = self._evaluate_in_micro_batches(lambda ids, am: response_values(self.critic, ids, am, R), batch, micro)
+            self.critic.train()
+            values = values.float() * mask
+            advantages, returns = alg.compute_gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
+            advantages = alg.masked_whiten(advantages, mask) * mask
+            exp.update(values=values, returns=returns)
+            metrics["critic/values_mean"] = alg.masked_mean(values, mask).item()
+            metrics["critic/returns_mean"] = alg.masked_mean(returns, mask).item()
+        else:
+            advantages = alg.compute_grpo_advantages(token_rewards.sum(-1), batch.group_index.to(self.device), mask,
+                                                     norm_by_std=cfg.norm_adv_by_std)
+        exp["advantages"] = advantages
+        correct = scores >= 1.0
+        metrics.update({
+            "score/mean": scores.mean().item(),
+            "score/accuracy": correct.float().mean().item(),
+            "score/format_rate": (scores > 0).float().mean().item(),
+            "response_length/mean": length.float().mean().item(),
+            "response_length/max": length.max().item(),
+            "response_length/clip_rate": (length >= R).float().mean().item() if R > 0 else 0.0,
+            "advantages/mean": alg.masked_mean(advantages, mask).item(),
+            "advantages/max": advantages[mask.bool()].max().item() if mask.any() else 0.0,
+            "advantages/min": advantages[mask.bool()].min().item() if mask.any() else 0.0,
+        })
+        self.last_texts = texts
+        self.last_scores = scores
+        return batch, exp, metrics
+
+    # ---- updates -------------------------------------------------------------------------
+    def _step(self, optimizer, model, losses_fn, mini_idx, batch, micro) -> tuple[dict[str, float], bool]:
+        """One optimizer step over a mini-batch, accumulating gradients over micro-batches."""
+        optimizer.zero_grad()
+        sums: dict[str, float] = {}
+        for idx in chunks(mini_idx, micro):
+            with self.autocast():
+                loss, parts = losses_fn(idx, batch.input_ids[idx].to(self.device), batch.attention_mask[idx].to(self.device))
+            self.manual_backward(loss * len(idx) / len(mini_idx))
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * len(idx) / len(mini_idx)
+        norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
+        sums["grad_norm"] = norm
+        if not math.isfinite(norm):
+            optimizer.zero_grad()
+            return sums, False
+        optimizer.step()
+        return sums, True
+
+    def update(self, batch: Batch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        n = len(batch.input_ids)
+        mini = cfg.ppo_mini_batch_size * (n // max(1, len(set(batch.prompt_slot))))  # prompts → sequences
+        update_policy = self.rl_step >= cfg.critic_warmup
+        R = batch.response_len
+
+        def actor_losses(idx, ids, am):
+            logprobs, entropy = response_logprobs(self.policy, ids, am, R, self.rollout_temperature, self.kernels_backend)
+            mask = exp["response_mask"][idx]
+            pg_loss, clipfrac, approx_kl = alg.policy_loss(
+                exp["old_logprobs"][idx], logprobs, exp["advantages"][idx], mask, cfg.clip_ratio_low,
+                cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode)
+            entropy_loss = alg.entropy_bonus(entropy, mask, cfg.loss_agg_mode)
+            loss = pg_loss - cfg.entropy_coeff * entropy_loss
+            parts = {"actor/pg_loss": pg_loss.item(), "actor/entropy": entropy_loss.item(),
+                     "actor/clipfrac": clipfrac.item(), "actor/approx_kl": approx_kl.item()}
+            if cfg.use_kl_loss:
+                kl = alg.kl_penalty(logprobs, exp["ref_logprobs"][idx], cfg.kl_loss_type)
+                kl_loss = alg.aggregate_loss(kl, mask, cfg.loss_agg_mode)
+                loss = loss + cfg.kl_loss_coef * kl_loss
+                parts["actor/kl_loss"] = kl_loss.item()
+            return loss, parts
+
+        def critic_losses(idx, ids, am):
+            values = response_values(self.critic, ids, am, R)
+            loss, clipfrac = alg.value_loss(values, exp["values"][idx], exp["returns"][idx], exp["response_mask"][idx],
+                                            cfg.clip_range_value, cfg.loss_agg_mode)
+            return loss, {"critic/value_loss": loss.item(), "critic/clipfrac": clipfrac.item()}
+
+        totals: dict[str, list[float]] = {}
+        skipped = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=self.shuffle)
+            for mini_idx in chunks(order, mini):
+                steps = []
+                if update_policy:
+                    steps.append((optimizers[0], self.policy, actor_losses, "actor"))
+                if self.use_critic:
+                    steps.append((optimizers[1], self.critic, critic_losses, "critic"))
+                for optimizer, model, losses_fn, name in steps:
+                    parts, stepped = self._step(optimizer, model, losses_fn, mini_idx, batch, cfg.ppo_micro_batch_size)
+                    skipped += not stepped
+                    parts[f"{name}/grad_norm"] = parts.pop("grad_norm")
+                    for key, value in parts.items():
+                        totals.setdefault(key, []).append(value)
+        if skipped:
+            log.warning("step %d: skipped %d updates with a non-finite gradient norm", self.rl_step, skipped)
+        for scheduler in (self.lr_schedulers() if self.use_critic else [self.lr_schedulers()]):
+            scheduler.step()
+        metrics = {key: sum(values) / len(values) for key, values in totals.items()}
+        metrics["actor/lr"] = optimizers[0].param_groups[0]["lr"]
+        metrics["train/skipped_updates"] = skipped
+        return metrics
+
+    def training_step(self, prompts: dict, batch_idx: int):
+        if self._rollouts is None:
+            raise RuntimeError("no rollouts for this batch: is RolloutCallback in trainer.callbacks?")
+        (rollouts, timings), self._rollouts = self._rollouts, None
+        start = time.perf_counter()
+        batch, exp, metrics = self.make_experience(prompts, rollouts)
+        timings["time/experience"] = time.perf_counter() - start
+        start = time.perf_counter()
+        metrics.update(self.update(batch, exp))
+        timings["time/update"] = time.perf_counter() - start
+        timings["time/step"] = sum(timings.values())
+        tokens = batch.response_mask.sum().item()
+        metrics["perf/tokens_per_s"] = tokens / timings["time/step"]
+        metrics["perf/generate_tokens_per_s"] = tokens / max(timings.get("time/generate", 0.0), 1e-9)
+        metrics.update(timings)
+        self.rl_step += 1
+        metrics["train/rl_step"] = self.rl_step
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(prompts["prompt_ids"]), sync_dist=False)
+        self.log("reward", metrics["score/mean"], prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=len(prompts["prompt_ids"]))
+        self.log("s/step", timings["time/step"], prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=len(prompts["prompt_ids"]))
+
+    # ---- checkpoint state ----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tinyzero"] = {"rl_step": self.rl_step, "kl_ctrl": self.kl_ctrl.state_dict(),
+                                  "shuffle": self.shuffle.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["tinyzero"]
+        self.rl_step = state["rl_step"]
+        self.kl_ctrl.load_state_dict(state["kl_ctrl"])
+        self.shuffle.set_state(state["shuffle"])

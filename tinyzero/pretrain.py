@@ -1,0 +1,95 @@
+"""The CPU demo's base model: a tiny Qwen2 pre-trained on target-free task text.
+
+The corpus is prompts followed by well-formed answers that ignore the target, so the base
+model learns the format and the vocabulary of equations but not how to solve: what it
+learns about reaching the target, it learns from the reward.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tinyzero.models.loading import load_tokenizer
+from tinyzero.models.tiny import build_tiny_model, build_tokenizer
+from tinyzero.tasks import TEMPLATES, render_prompt
+
+log = logging.getLogger(__name__)
+
+
+def pretraining_texts(task, template: str, num_texts: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    rows = task.generate(num_texts, seed=seed + 7919)
+    return [f"{render_prompt(task.question(row), template)} <answer> {task.random_answer(row, rng)} </answer>" for row in rows]
+
+
+def pretrain(
+    model: torch.nn.Module,
+    token_ids: list[list[int]],
+    pad_token_id: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> list[float]:
+    """Next-token prediction on `token_ids`, AdamW with warmup and cosine decay; returns the losses."""
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    model.train()
+    losses = []
+    progress = tqdm(range(steps), desc="pre-training the tiny base model", unit="step")
+    for _ in progress:
+        rows = [token_ids[i] for i in torch.randint(len(token_ids), (batch_size,), generator=gen).tolist()]
+        width = max(map(len, rows))
+        input_ids = torch.full((batch_size, width), pad_token_id)
+        mask = torch.zeros_like(input_ids)
+        for r, ids in enumerate(rows):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            mask[r, : len(ids)] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    return losses
+
+
+def ensure_tiny_base(path: str | Path, task, template: str, num_texts: int, steps: int, batch_size: int, lr: float,
+                     seed: int, vocab_size: int, model: dict) -> Path:
+    """Build, pre-train and save the tiny base model at `path` unless it is already there."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    start = time.perf_counter()
+    texts = pretraining_texts(task, template, num_texts, seed)
+    # Every template's words in the vocabulary, so any template tokenizes compactly.
+    tokenizer_corpus = texts + [t.format(question=task.question(r)) for r in task.generate(50, seed) for t in TEMPLATES.values()]
+    tokenizer = build_tokenizer(tokenizer_corpus, vocab_size)
+    torch.manual_seed(seed)
+    net = build_tiny_model(len(tokenizer), tokenizer.eos_token_id, seed=seed, **model)
+    token_ids = [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts)["input_ids"]]
+    losses = pretrain(net, token_ids, tokenizer.pad_token_id, steps, batch_size, lr, seed)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "pretrain_loss.txt").write_text("\n".join(f"{x:.4f}" for x in losses))
+    tmp.replace(path) if not path.exists() else shutil.rmtree(tmp)
+    log.info("tiny base model saved to %s (%.0f s, final loss %.3f)", path, time.perf_counter() - start, losses[-1])
+    assert load_tokenizer(str(path)).eos_token_id == tokenizer.eos_token_id
+    return path
