@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -85,12 +86,17 @@ def make_splits(task, source: str, split_sizes: dict[str, int], seed: int, max_r
 
 
 def ensure_data(task, directory: str | Path, source: str, train_size: int, test_size: int, seed: int) -> dict[str, Path]:
-    """Paths of `train.parquet` and `test.parquet` in `directory`, written first if missing."""
+    """Paths of `train.parquet` and `test.parquet` in `directory`, written first if missing or
+    made from another task configuration (recorded in `spec.json`)."""
     directory = Path(directory)
     paths = {split: directory / f"{split}.parquet" for split in SPLITS}
-    if not all(p.exists() for p in paths.values()):
+    spec = json.dumps({"task": vars(task), "source": source, "train_size": train_size, "test_size": test_size,
+                       "seed": seed}, sort_keys=True, default=str)
+    spec_path = directory / "spec.json"
+    if not all(p.exists() for p in paths.values()) or not spec_path.exists() or spec_path.read_text() != spec:
         log.info("writing %s data (%d train, %d test) to %s", task.name, train_size, test_size, directory)
         splits = make_splits(task, source, {"train": train_size, "test": test_size}, seed)
         for split, rows in splits.items():
             write_rows(rows, paths[split])
+        spec_path.write_text(spec)
     return paths

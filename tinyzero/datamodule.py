@@ -75,7 +75,8 @@ class StepBatchSampler(Sampler):
             yield self.batch(step)
 
     def __len__(self) -> int:
-        return max(0, self.total_steps - self.start_step)
+        # The whole run, not what is left: a resumed Lightning loop counts on from `start_step`.
+        return self.total_steps
 
 
 class PromptDataModule(L.LightningDataModule):

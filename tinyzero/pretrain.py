@@ -7,6 +7,7 @@ learns about reaching the target, it learns from the reward.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -71,9 +72,14 @@ def pretrain(
 
 def ensure_tiny_base(path: str | Path, task, template: str, num_texts: int, steps: int, batch_size: int, lr: float,
                      seed: int, vocab_size: int, model: dict) -> Path:
-    """Build, pre-train and save the tiny base model at `path` unless it is already there."""
+    """Build, pre-train and save the tiny base model at `path` unless it is already there,
+    made by the same task, template and settings (recorded in `pretrain_spec.json`)."""
     path = Path(path)
-    if (path / "config.json").exists():
+    spec = json.dumps({"task": vars(task), "template": template, "num_texts": num_texts, "steps": steps,
+                       "batch_size": batch_size, "lr": lr, "seed": seed, "vocab_size": vocab_size, "model": model},
+                      sort_keys=True, default=str)
+    spec_path = path / "pretrain_spec.json"
+    if (path / "config.json").exists() and spec_path.exists() and spec_path.read_text() == spec:
         return path
     start = time.perf_counter()
     texts = pretraining_texts(task, template, num_texts, seed)
@@ -89,7 +95,9 @@ def ensure_tiny_base(path: str | Path, task, template: str, num_texts: int, step
     net.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "pretrain_loss.txt").write_text("\n".join(f"{x:.4f}" for x in losses))
-    tmp.replace(path) if not path.exists() else shutil.rmtree(tmp)
+    (tmp / "pretrain_spec.json").write_text(spec)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
     log.info("tiny base model saved to %s (%.0f s, final loss %.3f)", path, time.perf_counter() - start, losses[-1])
     assert load_tokenizer(str(path)).eos_token_id == tokenizer.eos_token_id
     return path

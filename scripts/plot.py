@@ -1,0 +1,13 @@
+"""Draw a run's learning curves to PNG: `python scripts/plot.py RUN_DIR [--out curves.png]`."""
+
+import argparse
+from pathlib import Path
+
+from tinyzero.plotting import plot_run
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path, help="a run directory holding metrics.csv")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN_DIR/curves.png)")
+    args = parser.parse_args()
+    print(plot_run(args.run_dir, args.out))

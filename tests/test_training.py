@@ -1,0 +1,218 @@
+"""End-to-end PPO / GRPO steps on the tiny model, through the real config and builder."""
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tinyzero.build import build
+from tinyzero.callbacks import RolloutCallback
+from tinyzero.datamodule import StepBatchSampler
+from tinyzero.models import load_critic, load_policy
+
+from conftest import QUICK, ROOT
+
+STEP_METRICS = {
+    "score/mean", "score/accuracy", "response_length/mean", "kl/reward_kl", "actor/entropy", "actor/clipfrac",
+    "actor/pg_loss", "actor/approx_kl", "critic/value_loss", "advantages/mean", "perf/tokens_per_s",
+    "time/generate", "time/push_weights", "time/experience", "time/update", "time/step",
+}
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def changed(before: torch.nn.Module, after: torch.nn.Module) -> bool:
+    return any(not torch.equal(a.detach().cpu(), b.detach().cpu()) for a, b in zip(before.parameters(), after.parameters()))
+
+
+def fit(cfg):
+    torch.manual_seed(cfg.seed)
+    trainer, module, datamodule = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    return trainer, module
+
+
+def test_one_ppo_step_updates_policy_and_critic_and_logs_metrics(make_cfg):
+    cfg = make_cfg("data.max_steps=1", "algorithm.actor_lr=1e-3")
+    trainer, module = fit(cfg)
+    assert module.rl_step == 1
+    assert changed(load_policy(cfg.model.path), module.policy)
+    critic_before = load_critic(cfg.model.path)
+    # the fresh head is random, so compare the shared backbone
+    assert changed(critic_before.model, module.critic.model)
+    rows = read_metrics(cfg.paths.output_dir)
+    logged = {key for row in rows for key, value in row.items() if value != ""}
+    assert STEP_METRICS <= logged, STEP_METRICS - logged
+    step_row = next(row for row in rows if row["score/mean"])
+    assert 0.0 <= float(step_row["score/accuracy"]) <= 1.0
+    assert torch.isfinite(torch.tensor(float(step_row["critic/value_loss"])))
+    hf = os.path.join(cfg.paths.output_dir, "checkpoints", "hf", "step_1")
+    reloaded = load_policy(os.path.join(hf, "policy"))
+    for a, b in zip(reloaded.parameters(), module.policy.parameters()):
+        torch.testing.assert_close(a, b)
+    assert load_critic(os.path.join(hf, "critic")).score.weight.shape == (1, module.critic.config.hidden_size)
+
+
+def test_grpo_runs_without_a_critic(make_cfg):
+    cfg = make_cfg("algorithm=grpo", "data.max_steps=1", "algorithm.actor_lr=1e-3")
+    _, module = fit(cfg)
+    assert module.critic is None
+    assert changed(load_policy(cfg.model.path), module.policy)
+    logged = {key for row in read_metrics(cfg.paths.output_dir) for key, value in row.items() if value != ""}
+    assert {"actor/kl_loss", "actor/pg_loss", "score/mean"} <= logged
+    assert "critic/value_loss" not in logged
+
+
+class RecordingCallback(RolloutCallback):
+    """The real callback and engine, with each engine call recorded in order."""
+
+    def __init__(self, inner: RolloutCallback):
+        super().__init__(inner.engine, inner.sampling, inner.eval_every_n_steps)
+        self.calls = []
+        engine = self.engine
+        for name in ("wake_up", "load_weights", "reset_prefix_cache", "generate", "sleep"):
+            method = getattr(engine, name)
+
+            def record(*args, _name=name, _method=method, **kwargs):
+                label = f"{_name}({args[0]})" if _name == "wake_up" else _name
+                self.calls.append(label)
+                return _method(*args, **kwargs)
+
+            setattr(engine, name, record)
+
+
+def test_phase_cycle_call_order_and_weight_push(make_cfg):
+    cfg = make_cfg("data.max_steps=2", "algorithm.actor_lr=1e-3")
+    trainer, module, datamodule = build(cfg)
+    index = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, RolloutCallback))
+    recorder = RecordingCallback(trainer.callbacks[index])
+    trainer.callbacks[index] = recorder
+    trainer.fit(module, datamodule=datamodule)
+    cycle = ["wake_up(['weights'])", "load_weights", "reset_prefix_cache", "wake_up(['kv_cache'])", "generate", "sleep"]
+    assert recorder.calls == cycle * 2
+    # after the last push the engine holds the weights the policy had then; one update later they differ
+    recorder.push_weights(module)
+    for name, param in module.policy.named_parameters():
+        torch.testing.assert_close(recorder.engine.params[name], param.detach())
+
+
+def test_generation_after_a_push_reflects_the_new_weights(make_cfg):
+    from tinyzero.models.tiny import build_tiny_model
+    from tinyzero.rollout import SamplingParams
+
+    cfg = make_cfg("data.max_steps=1")
+    trainer, module, datamodule = build(cfg)
+    module.configure_model()
+    callback = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback))
+    prompts = [module.tokenizer("User: Using the numbers [3, 4], create an equation that equals 12.\nAssistant:")["input_ids"]]
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+    other = build_tiny_model(module.policy.config.vocab_size, module.tokenizer.eos_token_id, seed=123,
+                             hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384)
+    for policy in (module.policy, other):
+        module.policy = policy
+        callback.push_weights(module)
+        for name, param in policy.named_parameters():
+            assert torch.equal(callback.engine.params[name], param.detach()), name
+        got = callback.generate(prompts, greedy).response_ids[0]
+        ids = torch.tensor(prompts)
+        want = policy.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                               eos_token_id=module.tokenizer.eos_token_id, pad_token_id=module.tokenizer.pad_token_id)
+        want = want[0, ids.shape[1]:].tolist()
+        eos = module.tokenizer.eos_token_id
+        assert got == (want[: want.index(eos) + 1] if eos in want else want)
+
+
+def test_generate_refuses_while_asleep(make_cfg):
+    from tinyzero.rollout import SamplingParams
+
+    cfg = make_cfg()
+    trainer, _, _ = build(cfg)
+    engine = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback)).engine
+    with pytest.raises(RuntimeError, match="kv_cache"):
+        engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="wake_up tags"):
+        engine.wake_up(["kv"])
+
+
+def test_resume_continues_at_the_right_step_with_the_same_optimizer_state(make_cfg, tmp_path):
+    cfg = make_cfg("data.max_steps=2", "callbacks.checkpoint.every_n_steps=1", "callbacks.checkpoint.save_hf=false")
+    fit(cfg)
+    ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "step_1.ckpt")
+    saved = torch.load(ckpt, weights_only=False)
+    resumed_cfg = make_cfg("data.max_steps=3", f"ckpt_path={ckpt}", "callbacks.checkpoint.save_hf=false",
+                           f"paths.output_dir={tmp_path}/resumed")
+    trainer, module, datamodule = build(resumed_cfg)
+    seen = {}
+
+    import lightning as L
+
+    class Capture(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if "step" not in seen:
+                seen["step"] = module.rl_step
+                seen["optimizer"] = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
+                seen["batch"] = batch["index"].tolist()
+
+    trainer.callbacks.append(Capture())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_cfg.ckpt_path)
+    assert seen["step"] == 1
+    assert module.rl_step == 3
+    for got, want in zip(seen["optimizer"], saved["optimizer_states"]):
+        for key in want["state"]:
+            for name, value in want["state"][key].items():
+                torch.testing.assert_close(got["state"][key][name], value)
+    # the data continues where it stopped: step 1's prompts, as the uninterrupted run saw them
+    uninterrupted = StepBatchSampler(len(datamodule.train_set), cfg.data.train_batch_size, 2, cfg.data.seed)
+    assert seen["batch"] == [datamodule.train_set.items[i]["index"] for i in uninterrupted.batch(1)]
+
+
+def run_train(*overrides, timeout=300, cwd=None):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *overrides],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("algorithm.kl_coeff=0.1", "kl_coeff"),
+        ("algorithm.adv_estimator=reinforce", "algorithm.adv_estimator='reinforce' is not allowed; choose one of ['gae', 'grpo']"),
+        ("algorithm=dpo", "algorithm/dpo"),
+        ("data.template=chat", "data.template='chat' is not allowed"),
+        ("rollout.n=0", "rollout.n=0 must be a number >= 1"),
+    ],
+)
+def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
+    result = run_train("experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", override, timeout=60, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "cache").exists(), "a model was built before the config was checked"
+
+
+def test_recipe_prints_with_cfg_job():
+    result = run_train("experiment=countdown_3b", "--cfg", "job", timeout=60)
+    assert result.returncode == 0, result.stderr
+    for needle in ("Qwen/Qwen2.5-3B", "train_batch_size: 256", "actor_lr: 1.0e-06", "critic_lr: 1.0e-05",
+                   "kl_coef: 0.001", "max_new_tokens: 1024", "Jiayi-Pan/Countdown-Tasks-3to4"):
+        assert needle in result.stdout, needle
+
+
+def test_fsdp2_two_process_step(tmp_path, cache_dir, make_cfg):
+    make_cfg()  # the shared tiny model exists before the two ranks start
+    build(make_cfg())
+    overrides = [o for o in QUICK] + [
+        "trainer=fsdp_cpu", "data.max_steps=1", f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir}/data",
+        f"paths.output_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/run", "callbacks.checkpoint.save_hf=true",
+    ]
+    result = run_train(*overrides, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(tmp_path / "run")
+    assert any(row.get("score/mean") for row in rows)
+    assert (tmp_path / "run" / "checkpoints" / "hf" / "step_1" / "policy" / "config.json").exists()
