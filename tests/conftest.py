@@ -18,7 +18,9 @@ def tiny_dir(tmp_path_factory):
         for row in task.generate(100, seed=0):
             for template in ("base", "qwen-instruct", "plain"):
                 corpus.append(render_prompt(task.question(row), template) + " <answer> (1 + 2) / 3 </answer>")
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model", corpus, hidden_size=64, num_layers=2, intermediate_size=128)
+    return save_tiny(
+        tmp_path_factory.mktemp("tiny") / "model", corpus, hidden_size=64, num_layers=2, intermediate_size=128
+    )
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

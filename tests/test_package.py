@@ -15,6 +15,8 @@ def test_kernels_installs_as_tinyzero_kernels(tmp_path):
 
 
 def test_transformers_import_is_not_disturbed(tmp_path):
-    result = run("import tinyzero.kernels, transformers; from transformers import AutoModelForCausalLM; print('ok')", tmp_path)
+    result = run(
+        "import tinyzero.kernels, transformers; from transformers import AutoModelForCausalLM; print('ok')", tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

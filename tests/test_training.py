@@ -8,18 +8,30 @@ import sys
 
 import pytest
 import torch
+from conftest import QUICK, ROOT
 
 from tinyzero.build import build
 from tinyzero.callbacks import RolloutCallback
 from tinyzero.datamodule import StepBatchSampler
 from tinyzero.models import load_critic, load_policy
 
-from conftest import QUICK, ROOT
-
 STEP_METRICS = {
-    "score/mean", "score/accuracy", "response_length/mean", "kl/reward_kl", "actor/entropy", "actor/clipfrac",
-    "actor/pg_loss", "actor/approx_kl", "critic/value_loss", "advantages/mean", "perf/tokens_per_s",
-    "time/generate", "time/push_weights", "time/experience", "time/update", "time/step",
+    "score/mean",
+    "score/accuracy",
+    "response_length/mean",
+    "kl/reward_kl",
+    "actor/entropy",
+    "actor/clipfrac",
+    "actor/pg_loss",
+    "actor/approx_kl",
+    "critic/value_loss",
+    "advantages/mean",
+    "perf/tokens_per_s",
+    "time/generate",
+    "time/push_weights",
+    "time/experience",
+    "time/update",
+    "time/step",
 }
 
 
@@ -29,7 +41,9 @@ def read_metrics(run_dir):
 
 
 def changed(before: torch.nn.Module, after: torch.nn.Module) -> bool:
-    return any(not torch.equal(a.detach().cpu(), b.detach().cpu()) for a, b in zip(before.parameters(), after.parameters()))
+    return any(
+        not torch.equal(a.detach().cpu(), b.detach().cpu()) for a, b in zip(before.parameters(), after.parameters())
+    )
 
 
 def fit(cfg):
@@ -111,10 +125,20 @@ def test_generation_after_a_push_reflects_the_new_weights(make_cfg):
     trainer, module, datamodule = build(cfg)
     module.configure_model()
     callback = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback))
-    prompts = [module.tokenizer("User: Using the numbers [3, 4], create an equation that equals 12.\nAssistant:")["input_ids"]]
+    prompts = [
+        module.tokenizer("User: Using the numbers [3, 4], create an equation that equals 12.\nAssistant:")["input_ids"]
+    ]
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
-    other = build_tiny_model(module.policy.config.vocab_size, module.tokenizer.eos_token_id, seed=123,
-                             hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384)
+    other = build_tiny_model(
+        module.policy.config.vocab_size,
+        module.tokenizer.eos_token_id,
+        seed=123,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=384,
+    )
     for policy in (module.policy, other):
         module.policy = policy
         callback.push_weights(module)
@@ -122,9 +146,15 @@ def test_generation_after_a_push_reflects_the_new_weights(make_cfg):
             assert torch.equal(callback.engine.params[name], param.detach()), name
         got = callback.generate(prompts, greedy).response_ids[0]
         ids = torch.tensor(prompts)
-        want = policy.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
-                               eos_token_id=module.tokenizer.eos_token_id, pad_token_id=module.tokenizer.pad_token_id)
-        want = want[0, ids.shape[1]:].tolist()
+        want = policy.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=module.tokenizer.eos_token_id,
+            pad_token_id=module.tokenizer.pad_token_id,
+        )
+        want = want[0, ids.shape[1] :].tolist()
         eos = module.tokenizer.eos_token_id
         assert got == (want[: want.index(eos) + 1] if eos in want else want)
 
@@ -146,8 +176,12 @@ def test_resume_continues_at_the_right_step_with_the_same_optimizer_state(make_c
     fit(cfg)
     ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "step_1.ckpt")
     saved = torch.load(ckpt, weights_only=False)
-    resumed_cfg = make_cfg("data.max_steps=3", f"ckpt_path={ckpt}", "callbacks.checkpoint.save_hf=false",
-                           f"paths.output_dir={tmp_path}/resumed")
+    resumed_cfg = make_cfg(
+        "data.max_steps=3",
+        f"ckpt_path={ckpt}",
+        "callbacks.checkpoint.save_hf=false",
+        f"paths.output_dir={tmp_path}/resumed",
+    )
     trainer, module, datamodule = build(resumed_cfg)
     seen = {}
 
@@ -175,22 +209,33 @@ def test_resume_continues_at_the_right_step_with_the_same_optimizer_state(make_c
 
 def run_train(*overrides, timeout=300, cwd=None):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *overrides],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
         ("algorithm.kl_coeff=0.1", "kl_coeff"),
-        ("algorithm.adv_estimator=reinforce", "algorithm.adv_estimator='reinforce' is not allowed; choose one of ['gae', 'grpo']"),
+        (
+            "algorithm.adv_estimator=reinforce",
+            "algorithm.adv_estimator='reinforce' is not allowed; choose one of ['gae', 'grpo']",
+        ),
         ("algorithm=dpo", "algorithm/dpo"),
         ("data.template=chat", "data.template='chat' is not allowed"),
         ("rollout.n=0", "rollout.n=0 must be a number >= 1"),
     ],
 )
 def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
-    result = run_train("experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", override, timeout=60, cwd=tmp_path)
+    result = run_train(
+        "experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", override, timeout=60, cwd=tmp_path
+    )
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "cache").exists(), "a model was built before the config was checked"
@@ -199,8 +244,15 @@ def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
 def test_recipe_prints_with_cfg_job():
     result = run_train("experiment=countdown_3b", "--cfg", "job", timeout=60)
     assert result.returncode == 0, result.stderr
-    for needle in ("Qwen/Qwen2.5-3B", "train_batch_size: 256", "actor_lr: 1.0e-06", "critic_lr: 1.0e-05",
-                   "kl_coef: 0.001", "max_new_tokens: 1024", "Jiayi-Pan/Countdown-Tasks-3to4"):
+    for needle in (
+        "Qwen/Qwen2.5-3B",
+        "train_batch_size: 256",
+        "actor_lr: 1.0e-06",
+        "critic_lr: 1.0e-05",
+        "kl_coef: 0.001",
+        "max_new_tokens: 1024",
+        "Jiayi-Pan/Countdown-Tasks-3to4",
+    ):
         assert needle in result.stdout, needle
 
 
@@ -208,8 +260,13 @@ def test_fsdp2_two_process_step(tmp_path, cache_dir, make_cfg):
     make_cfg()  # the shared tiny model exists before the two ranks start
     build(make_cfg())
     overrides = [o for o in QUICK] + [
-        "trainer=fsdp_cpu", "data.max_steps=1", f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir}/data",
-        f"paths.output_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/run", "callbacks.checkpoint.save_hf=true",
+        "trainer=fsdp_cpu",
+        "data.max_steps=1",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.data_dir={cache_dir}/data",
+        f"paths.output_dir={tmp_path}/run",
+        f"hydra.run.dir={tmp_path}/run",
+        "callbacks.checkpoint.save_hf=true",
     ]
     result = run_train(*overrides, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

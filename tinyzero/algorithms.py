@@ -92,7 +92,9 @@ def compute_grpo_advantages(
     scores = scores.to(torch.float32)
     _, group = torch.unique(group_index, return_inverse=True)
     num_groups = int(group.max()) + 1 if group.numel() else 0
-    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(0, group, torch.ones_like(scores))
+    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(
+        0, group, torch.ones_like(scores)
+    )
     total = torch.zeros_like(count).index_add_(0, group, scores)
     mean = total / count
     squares = torch.zeros_like(count).index_add_(0, group, (scores - mean[group]) ** 2)
@@ -172,7 +174,9 @@ def value_loss(
     return aggregate_loss(loss_mat, response_mask, loss_agg_mode), clip_fraction.detach()
 
 
-def entropy_bonus(entropy: torch.Tensor, response_mask: torch.Tensor, loss_agg_mode: str = "token-mean") -> torch.Tensor:
+def entropy_bonus(
+    entropy: torch.Tensor, response_mask: torch.Tensor, loss_agg_mode: str = "token-mean"
+) -> torch.Tensor:
     """Mean token entropy H = −Σ_v p_v log p_v of the policy, `[B, T]` → scalar (subtracted from the loss)."""
     return aggregate_loss(entropy, response_mask, loss_agg_mode)
 

@@ -8,6 +8,7 @@ import os
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from transformers.utils import logging as hf_logging
 
 from tinyzero import algorithms as alg
 from tinyzero.datamodule import PromptDataModule
@@ -30,11 +31,25 @@ CHOICES = {
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2"),
     "kernels.backend": BACKENDS,
 }
-POSITIVE = ("data.train_batch_size", "data.max_prompt_length", "data.epochs", "rollout.n", "rollout.max_new_tokens",
-            "algorithm.ppo_epochs", "algorithm.ppo_mini_batch_size", "algorithm.ppo_micro_batch_size",
-            "algorithm.log_prob_micro_batch_size")
-NON_NEGATIVE = ("algorithm.kl_coef", "algorithm.actor_lr", "algorithm.critic_lr", "algorithm.critic_warmup",
-                "algorithm.entropy_coeff", "algorithm.grad_clip")
+POSITIVE = (
+    "data.train_batch_size",
+    "data.max_prompt_length",
+    "data.epochs",
+    "rollout.n",
+    "rollout.max_new_tokens",
+    "algorithm.ppo_epochs",
+    "algorithm.ppo_mini_batch_size",
+    "algorithm.ppo_micro_batch_size",
+    "algorithm.log_prob_micro_batch_size",
+)
+NON_NEGATIVE = (
+    "algorithm.kl_coef",
+    "algorithm.actor_lr",
+    "algorithm.critic_lr",
+    "algorithm.critic_warmup",
+    "algorithm.entropy_coeff",
+    "algorithm.grad_clip",
+)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -49,8 +64,10 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(value, (int, float)) or value < bound:
             raise ValueError(f"{key}={value!r} must be a number >= {bound}")
     if cfg.data.train_batch_size % cfg.algorithm.ppo_mini_batch_size:
-        raise ValueError(f"data.train_batch_size={cfg.data.train_batch_size} must be a multiple of "
-                         f"algorithm.ppo_mini_batch_size={cfg.algorithm.ppo_mini_batch_size}")
+        raise ValueError(
+            f"data.train_batch_size={cfg.data.train_batch_size} must be a multiple of "
+            f"algorithm.ppo_mini_batch_size={cfg.algorithm.ppo_mini_batch_size}"
+        )
 
 
 def engine_device(cfg: DictConfig) -> str:
@@ -61,6 +78,7 @@ def engine_device(cfg: DictConfig) -> str:
 
 def build(cfg: DictConfig):
     validate(cfg)
+    hf_logging.disable_progress_bar()  # one bar per weight load drowns Lightning's
     task = instantiate(cfg.task)
     if cfg.model.get("pretrain"):
         from tinyzero.pretrain import ensure_tiny_base
@@ -68,19 +86,36 @@ def build(cfg: DictConfig):
         ensure_tiny_base(cfg.model.path, task, cfg.data.template, **OmegaConf.to_container(cfg.model.pretrain))
     tokenizer = load_tokenizer(cfg.model.path)
     datamodule = PromptDataModule(task, tokenizer, **cfg.data)
-    sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.rollout.seed)
+    sampling = SamplingParams(
+        n=cfg.rollout.n,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seed=cfg.rollout.seed,
+    )
     # The engine comes first: on GPUs it must claim its memory before the trainer's models.
-    engine = instantiate(cfg.rollout.engine)(path=cfg.model.path, eos_token_id=tokenizer.eos_token_id,
-                                             pad_token_id=tokenizer.pad_token_id, device=engine_device(cfg),
-                                             dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    engine = instantiate(cfg.rollout.engine)(
+        path=cfg.model.path,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        device=engine_device(cfg),
+        dtype=cfg.model.dtype,
+        attn_implementation=cfg.model.attn_implementation,
+    )
     callbacks = []
     for name, callback_cfg in cfg.callbacks.items():
         extra = {"engine": engine, "sampling": sampling} if name == "rollout" else {}
         callbacks.append(instantiate(callback_cfg, **extra, _convert_="object"))
     loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()] if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    module = PPOModule(cfg.model, cfg.algorithm, task, tokenizer, kernels_backend=cfg.kernels.backend,
-                       rollout_temperature=cfg.rollout.temperature, seed=cfg.seed)
+    module = PPOModule(
+        cfg.model,
+        cfg.algorithm,
+        task,
+        tokenizer,
+        kernels_backend=cfg.kernels.backend,
+        rollout_temperature=cfg.rollout.temperature,
+        seed=cfg.seed,
+    )
     log.info("log-prob backend: %s", cfg.kernels.backend)
     return trainer, module, datamodule

@@ -25,11 +25,20 @@ class RolloutCallback(L.Callback):
     responses to the held-out prompts.
     """
 
-    def __init__(self, engine: RolloutEngine, sampling: SamplingParams, eval_every_n_steps: int = 0,
-                 eval_max_new_tokens: int | None = None, print_samples_every_n_steps: int = 0, num_samples_printed: int = 2):
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        sampling: SamplingParams,
+        eval_every_n_steps: int = 0,
+        eval_max_new_tokens: int | None = None,
+        print_samples_every_n_steps: int = 0,
+        num_samples_printed: int = 2,
+    ):
         self.engine, self.sampling = engine, sampling
         self.eval_every_n_steps = eval_every_n_steps
-        self.eval_sampling = SamplingParams(n=1, temperature=0.0, max_new_tokens=eval_max_new_tokens or sampling.max_new_tokens)
+        self.eval_sampling = SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=eval_max_new_tokens or sampling.max_new_tokens
+        )
         self.print_samples_every_n_steps, self.num_samples_printed = print_samples_every_n_steps, num_samples_printed
         self.eval_history: list[dict] = []
 
@@ -55,7 +64,9 @@ class RolloutCallback(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         timings = {"time/push_weights": self.push_weights(module)}
         # a fresh, reproducible seed per step and rank: resuming at step k samples as the first run did
-        sampling = replace(self.sampling, seed=self.sampling.seed + 1_000_003 * module.rl_step + 7919 * trainer.global_rank)
+        sampling = replace(
+            self.sampling, seed=self.sampling.seed + 1_000_003 * module.rl_step + 7919 * trainer.global_rank
+        )
         start = time.perf_counter()
         rollouts = self.generate(batch["prompt_ids"], sampling)
         timings["time/generate"] = time.perf_counter() - start
@@ -81,15 +92,23 @@ class RolloutCallback(L.Callback):
         items = datamodule.test_shard(trainer.global_rank, trainer.world_size)
         rollouts = self.generate([item["prompt_ids"] for item in items], self.eval_sampling)
         scores, _ = score_rollouts(module.task, module.tokenizer, rollouts, [item["ground_truth"] for item in items])
-        totals = torch.tensor([float((scores >= 1.0).sum()), float(scores.sum()), float(len(scores))], device=module.device)
+        totals = torch.tensor(
+            [float((scores >= 1.0).sum()), float(scores.sum()), float(len(scores))], device=module.device
+        )
         totals = trainer.strategy.reduce(totals, reduce_op="sum")
-        result = {"step": module.rl_step, "val/accuracy": (totals[0] / totals[2]).item(), "val/score": (totals[1] / totals[2]).item()}
+        result = {
+            "step": module.rl_step,
+            "val/accuracy": (totals[0] / totals[2]).item(),
+            "val/score": (totals[1] / totals[2]).item(),
+        }
         self.eval_history.append(result)
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in result.items() if k != "step"}, step=module.rl_step)
         if trainer.is_global_zero:
-            print(f"[step {module.rl_step}] held-out greedy accuracy {result['val/accuracy']:.3f} "
-                  f"(mean score {result['val/score']:.3f}, {int(totals[2])} problems)")
+            print(
+                f"[step {module.rl_step}] held-out greedy accuracy {result['val/accuracy']:.3f} "
+                f"(mean score {result['val/score']:.3f}, {int(totals[2])} problems)"
+            )
         return result
 
 

@@ -27,8 +27,13 @@ class PromptSet(Dataset):
         ]
         self.num_dropped = len(rows) - len(self.items)
         if self.num_dropped:
-            log.warning("%s: dropped %d of %d prompts longer than data.max_prompt_length=%d",
-                        split, self.num_dropped, len(rows), max_prompt_length)
+            log.warning(
+                "%s: dropped %d of %d prompts longer than data.max_prompt_length=%d",
+                split,
+                self.num_dropped,
+                len(rows),
+                max_prompt_length,
+            )
         if not self.items:
             raise ValueError(f"{split}: every prompt is longer than data.max_prompt_length={max_prompt_length}")
 
@@ -55,8 +60,16 @@ class StepBatchSampler(Sampler):
     nothing but s.
     """
 
-    def __init__(self, num_items: int, batch_size: int, total_steps: int, seed: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        total_steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size > num_items:
             raise ValueError(f"data.train_batch_size={batch_size} exceeds the {num_items} training prompts")
         if batch_size % world_size:
@@ -80,8 +93,21 @@ class StepBatchSampler(Sampler):
 
 
 class PromptDataModule(L.LightningDataModule):
-    def __init__(self, task, tokenizer, dir: str, source: str, train_size: int, test_size: int, seed: int,
-                 template: str, max_prompt_length: int, train_batch_size: int, epochs: int, max_steps: int | None):
+    def __init__(
+        self,
+        task,
+        tokenizer,
+        dir: str,
+        source: str,
+        train_size: int,
+        test_size: int,
+        seed: int,
+        template: str,
+        max_prompt_length: int,
+        train_batch_size: int,
+        epochs: int,
+        max_steps: int | None,
+    ):
         super().__init__()
         self.task, self.tokenizer = task, tokenizer
         self.dir, self.source, self.seed = dir, source, seed
@@ -98,8 +124,14 @@ class PromptDataModule(L.LightningDataModule):
             return
         paths = ensure_data(self.task, self.dir, self.source, self.train_size, self.test_size, self.seed)
         self.train_set, self.test_set = (
-            PromptSet(self.task, self.tokenizer, read_rows(paths[split], self.task.columns), self.template,
-                      self.max_prompt_length, split)
+            PromptSet(
+                self.task,
+                self.tokenizer,
+                read_rows(paths[split], self.task.columns),
+                self.template,
+                self.max_prompt_length,
+                split,
+            )
             for split in ("train", "test")
         )
 
@@ -110,9 +142,15 @@ class PromptDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module
-        sampler = StepBatchSampler(len(self.train_set), self.train_batch_size, self.total_steps, self.seed,
-                                   start_step=module.rl_step, rank=self.trainer.global_rank,
-                                   world_size=self.trainer.world_size)
+        sampler = StepBatchSampler(
+            len(self.train_set),
+            self.train_batch_size,
+            self.total_steps,
+            self.seed,
+            start_step=module.rl_step,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+        )
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate_prompts)
 
     def test_shard(self, rank: int, world_size: int) -> list[dict]:

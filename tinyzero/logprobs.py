@@ -44,16 +44,22 @@ def response_logprobs(
     Logits at position t predict token t+1, so the response's logits are at [−R−1, −1).
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits
     logits = logits[:, -response_len - 1 : -1]
     labels = input_ids[:, -response_len:]
     batch = labels.shape[0]
-    logprobs, entropy = logprobs_and_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), temperature, backend)
+    logprobs, entropy = logprobs_and_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), temperature, backend
+    )
     return logprobs.view(batch, response_len), entropy.view(batch, response_len) if with_entropy else None
 
 
 def response_values(critic: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int):
     """V(s_t) for the state before each response token, `[B, R]` float32."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    values = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+    values = critic(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits
     return values[:, -response_len - 1 : -1, 0].float()

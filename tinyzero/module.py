@@ -35,8 +35,16 @@ def grad_norm_value(norm: torch.Tensor) -> float:
 
 
 class PPOModule(L.LightningModule):
-    def __init__(self, model: DictConfig, algorithm: DictConfig, task, tokenizer, kernels_backend: str = "torch",
-                 rollout_temperature: float = 1.0, seed: int = 0):
+    def __init__(
+        self,
+        model: DictConfig,
+        algorithm: DictConfig,
+        task,
+        tokenizer,
+        kernels_backend: str = "torch",
+        rollout_temperature: float = 1.0,
+        seed: int = 0,
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.model_cfg, self.cfg = model, algorithm
@@ -47,7 +55,8 @@ class PPOModule(L.LightningModule):
         self.use_reference = algorithm.use_kl_loss or self.kl_in_reward
         self.kl_ctrl = (
             alg.AdaptiveKLController(algorithm.kl_coef, algorithm.target_kl, algorithm.kl_horizon)
-            if algorithm.kl_ctrl == "adaptive" else alg.FixedKLController(algorithm.kl_coef)
+            if algorithm.kl_ctrl == "adaptive"
+            else alg.FixedKLController(algorithm.kl_coef)
         )
         self.shuffle = torch.Generator().manual_seed(seed)
         self.rl_step = 0
@@ -77,10 +86,14 @@ class PPOModule(L.LightningModule):
 
     def configure_optimizers(self):
         def build(model, lr):
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.999))
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.999)
+            )
             warmup = max(1, self.cfg.lr_warmup_steps)
-            return {"optimizer": optimizer,
-                    "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)),
+            }
 
         configs = [build(self.policy, self.cfg.actor_lr)]
         if self.use_critic:
@@ -102,7 +115,9 @@ class PPOModule(L.LightningModule):
                 outputs.append(fn(batch.input_ids[idx].to(self.device), batch.attention_mask[idx].to(self.device)))
         return torch.cat(outputs)
 
-    def make_experience(self, prompts: dict, rollouts: Rollouts) -> tuple[Batch, dict[str, torch.Tensor], dict[str, float]]:
+    def make_experience(
+        self, prompts: dict, rollouts: Rollouts
+    ) -> tuple[Batch, dict[str, torch.Tensor], dict[str, float]]:
         """Score, estimate old/ref log-probs and values, and compute advantages and returns."""
         cfg, micro = self.cfg, self.cfg.log_prob_micro_batch_size
         batch = pack(prompts["prompt_ids"], rollouts, prompts["index"], self.tokenizer.pad_token_id)
@@ -114,8 +129,9 @@ class PPOModule(L.LightningModule):
         R = batch.response_len
 
         def policy_logprobs(model):
-            return lambda ids, am: response_logprobs(model, ids, am, R, self.rollout_temperature,
-                                                     self.kernels_backend, with_entropy=False)[0]
+            return lambda ids, am: response_logprobs(
+                model, ids, am, R, self.rollout_temperature, self.kernels_backend, with_entropy=False
+            )[0]
 
         self.policy.eval()
         old_logprobs = self._evaluate_in_micro_batches(policy_logprobs(self.policy), batch, micro).float()
@@ -138,7 +154,9 @@ class PPOModule(L.LightningModule):
             self.kl_ctrl.update(current_kl, n_steps=len(scores))
         if self.use_critic:
             self.critic.eval()
-            values = self._evaluate_in_micro_batches(lambda ids, am: response_values(self.critic, ids, am, R), batch, micro)
+            values = self._evaluate_in_micro_batches(
+                lambda ids, am: response_values(self.critic, ids, am, R), batch, micro
+            )
             self.critic.train()
             values = values.float() * mask
             advantages, returns = alg.compute_gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
@@ -147,21 +165,24 @@ class PPOModule(L.LightningModule):
             metrics["critic/values_mean"] = alg.masked_mean(values, mask).item()
             metrics["critic/returns_mean"] = alg.masked_mean(returns, mask).item()
         else:
-            advantages = alg.compute_grpo_advantages(token_rewards.sum(-1), batch.group_index.to(self.device), mask,
-                                                     norm_by_std=cfg.norm_adv_by_std)
+            advantages = alg.compute_grpo_advantages(
+                token_rewards.sum(-1), batch.group_index.to(self.device), mask, norm_by_std=cfg.norm_adv_by_std
+            )
         exp["advantages"] = advantages
         correct = scores >= 1.0
-        metrics.update({
-            "score/mean": scores.mean().item(),
-            "score/accuracy": correct.float().mean().item(),
-            "score/format_rate": (scores > 0).float().mean().item(),
-            "response_length/mean": length.float().mean().item(),
-            "response_length/max": length.max().item(),
-            "response_length/clip_rate": (length >= R).float().mean().item() if R > 0 else 0.0,
-            "advantages/mean": alg.masked_mean(advantages, mask).item(),
-            "advantages/max": advantages[mask.bool()].max().item() if mask.any() else 0.0,
-            "advantages/min": advantages[mask.bool()].min().item() if mask.any() else 0.0,
-        })
+        metrics.update(
+            {
+                "score/mean": scores.mean().item(),
+                "score/accuracy": correct.float().mean().item(),
+                "score/format_rate": (scores > 0).float().mean().item(),
+                "response_length/mean": length.float().mean().item(),
+                "response_length/max": length.max().item(),
+                "response_length/clip_rate": (length >= R).float().mean().item() if R > 0 else 0.0,
+                "advantages/mean": alg.masked_mean(advantages, mask).item(),
+                "advantages/max": advantages[mask.bool()].max().item() if mask.any() else 0.0,
+                "advantages/min": advantages[mask.bool()].min().item() if mask.any() else 0.0,
+            }
+        )
         self.last_texts = texts
         self.last_scores = scores
         return batch, exp, metrics
@@ -173,7 +194,9 @@ class PPOModule(L.LightningModule):
         sums: dict[str, float] = {}
         for idx in chunks(mini_idx, micro):
             with self.autocast():
-                loss, parts = losses_fn(idx, batch.input_ids[idx].to(self.device), batch.attention_mask[idx].to(self.device))
+                loss, parts = losses_fn(
+                    idx, batch.input_ids[idx].to(self.device), batch.attention_mask[idx].to(self.device)
+                )
             self.manual_backward(loss * len(idx) / len(mini_idx))
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * len(idx) / len(mini_idx)
@@ -190,20 +213,35 @@ class PPOModule(L.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         n = len(batch.input_ids)
-        mini = cfg.ppo_mini_batch_size * (n // max(1, len(set(batch.prompt_slot))))  # prompts → sequences
+        # ppo_mini_batch_size counts prompts over all ranks; each rank updates on its share × n responses
+        responses_per_prompt = n // max(1, len(set(batch.prompt_slot)))
+        mini = max(1, cfg.ppo_mini_batch_size // self.trainer.world_size) * responses_per_prompt
         update_policy = self.rl_step >= cfg.critic_warmup
         R = batch.response_len
 
         def actor_losses(idx, ids, am):
-            logprobs, entropy = response_logprobs(self.policy, ids, am, R, self.rollout_temperature, self.kernels_backend)
+            logprobs, entropy = response_logprobs(
+                self.policy, ids, am, R, self.rollout_temperature, self.kernels_backend
+            )
             mask = exp["response_mask"][idx]
             pg_loss, clipfrac, approx_kl = alg.policy_loss(
-                exp["old_logprobs"][idx], logprobs, exp["advantages"][idx], mask, cfg.clip_ratio_low,
-                cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode)
+                exp["old_logprobs"][idx],
+                logprobs,
+                exp["advantages"][idx],
+                mask,
+                cfg.clip_ratio_low,
+                cfg.clip_ratio_high,
+                cfg.clip_ratio_c,
+                cfg.loss_agg_mode,
+            )
             entropy_loss = alg.entropy_bonus(entropy, mask, cfg.loss_agg_mode)
             loss = pg_loss - cfg.entropy_coeff * entropy_loss
-            parts = {"actor/pg_loss": pg_loss.item(), "actor/entropy": entropy_loss.item(),
-                     "actor/clipfrac": clipfrac.item(), "actor/approx_kl": approx_kl.item()}
+            parts = {
+                "actor/pg_loss": pg_loss.item(),
+                "actor/entropy": entropy_loss.item(),
+                "actor/clipfrac": clipfrac.item(),
+                "actor/approx_kl": approx_kl.item(),
+            }
             if cfg.use_kl_loss:
                 kl = alg.kl_penalty(logprobs, exp["ref_logprobs"][idx], cfg.kl_loss_type)
                 kl_loss = alg.aggregate_loss(kl, mask, cfg.loss_agg_mode)
@@ -213,8 +251,14 @@ class PPOModule(L.LightningModule):
 
         def critic_losses(idx, ids, am):
             values = response_values(self.critic, ids, am, R)
-            loss, clipfrac = alg.value_loss(values, exp["values"][idx], exp["returns"][idx], exp["response_mask"][idx],
-                                            cfg.clip_range_value, cfg.loss_agg_mode)
+            loss, clipfrac = alg.value_loss(
+                values,
+                exp["values"][idx],
+                exp["returns"][idx],
+                exp["response_mask"][idx],
+                cfg.clip_range_value,
+                cfg.loss_agg_mode,
+            )
             return loss, {"critic/value_loss": loss.item(), "critic/clipfrac": clipfrac.item()}
 
         totals: dict[str, list[float]] = {}
@@ -235,7 +279,7 @@ class PPOModule(L.LightningModule):
                         totals.setdefault(key, []).append(value)
         if skipped:
             log.warning("step %d: skipped %d updates with a non-finite gradient norm", self.rl_step, skipped)
-        for scheduler in (self.lr_schedulers() if self.use_critic else [self.lr_schedulers()]):
+        for scheduler in self.lr_schedulers() if self.use_critic else [self.lr_schedulers()]:
             scheduler.step()
         metrics = {key: sum(values) / len(values) for key, values in totals.items()}
         metrics["actor/lr"] = optimizers[0].param_groups[0]["lr"]
@@ -260,15 +304,30 @@ class PPOModule(L.LightningModule):
         self.rl_step += 1
         metrics["train/rl_step"] = self.rl_step
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(prompts["prompt_ids"]), sync_dist=False)
-        self.log("reward", metrics["score/mean"], prog_bar=True, on_step=True, on_epoch=False,
-                 batch_size=len(prompts["prompt_ids"]))
-        self.log("s/step", timings["time/step"], prog_bar=True, on_step=True, on_epoch=False,
-                 batch_size=len(prompts["prompt_ids"]))
+        self.log(
+            "reward",
+            metrics["score/mean"],
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=len(prompts["prompt_ids"]),
+        )
+        self.log(
+            "s/step",
+            timings["time/step"],
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=len(prompts["prompt_ids"]),
+        )
 
     # ---- checkpoint state ----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tinyzero"] = {"rl_step": self.rl_step, "kl_ctrl": self.kl_ctrl.state_dict(),
-                                  "shuffle": self.shuffle.get_state()}
+        checkpoint["tinyzero"] = {
+            "rl_step": self.rl_step,
+            "kl_ctrl": self.kl_ctrl.state_dict(),
+            "shuffle": self.shuffle.get_state(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["tinyzero"]

@@ -37,8 +37,12 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     curves = read_curves(run_dir)
     panels = [(key, title) for key, title in PANELS if key in curves]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, panels):
         steps, values = zip(*curves[key])
         ax.plot(steps, values, marker="o" if key.startswith("val/") else None, markersize=3, linewidth=1.2)
         ax.set_title(title, fontsize=10)

@@ -7,6 +7,7 @@ learns about reaching the target, it learns from the reward.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,9 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def pretraining_texts(task, template: str, num_texts: int, seed: int) -> list[str]:
+    """Prompts followed by well-formed answers that ignore the target: the format, never a solution."""
     rng = random.Random(seed)
     rows = task.generate(num_texts, seed=seed + 7919)
-    return [f"{render_prompt(task.question(row), template)} <answer> {task.random_answer(row, rng)} </answer>" for row in rows]
+    return [
+        f"{render_prompt(task.question(r), template)} <answer> {task.random_answer(r, rng)} </answer>" for r in rows
+    ]
 
 
 def pretrain(
@@ -70,21 +74,44 @@ def pretrain(
     return losses
 
 
-def ensure_tiny_base(path: str | Path, task, template: str, num_texts: int, steps: int, batch_size: int, lr: float,
-                     seed: int, vocab_size: int, model: dict) -> Path:
+def ensure_tiny_base(
+    path: str | Path,
+    task,
+    template: str,
+    num_texts: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    vocab_size: int,
+    model: dict,
+) -> Path:
     """Build, pre-train and save the tiny base model at `path` unless it is already there,
     made by the same task, template and settings (recorded in `pretrain_spec.json`)."""
     path = Path(path)
-    spec = json.dumps({"task": vars(task), "template": template, "num_texts": num_texts, "steps": steps,
-                       "batch_size": batch_size, "lr": lr, "seed": seed, "vocab_size": vocab_size, "model": model},
-                      sort_keys=True, default=str)
+    texts = pretraining_texts(task, template, num_texts, seed)
+    # The corpus itself is part of the spec: a change to how texts are made rebuilds the model.
+    corpus_hash = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    spec = json.dumps(
+        {
+            "corpus": corpus_hash,
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "vocab_size": vocab_size,
+            "model": model,
+        },
+        sort_keys=True,
+    )
     spec_path = path / "pretrain_spec.json"
     if (path / "config.json").exists() and spec_path.exists() and spec_path.read_text() == spec:
         return path
     start = time.perf_counter()
-    texts = pretraining_texts(task, template, num_texts, seed)
     # Every template's words in the vocabulary, so any template tokenizes compactly.
-    tokenizer_corpus = texts + [t.format(question=task.question(r)) for r in task.generate(50, seed) for t in TEMPLATES.values()]
+    tokenizer_corpus = texts + [
+        t.format(question=task.question(r)) for r in task.generate(50, seed) for t in TEMPLATES.values()
+    ]
     tokenizer = build_tokenizer(tokenizer_corpus, vocab_size)
     torch.manual_seed(seed)
     net = build_tiny_model(len(tokenizer), tokenizer.eos_token_id, seed=seed, **model)

@@ -8,7 +8,14 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,11 @@ def load_critic(path: str, dtype: str = "float32", attn_implementation: str = "s
     """
     config = AutoConfig.from_pretrained(path, num_labels=1)
     config.classifier_dropout = 0.0
-    return AutoModelForTokenClassification.from_pretrained(
-        path, config=config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
-    )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a fresh value head is expected, not worth a load report
+    try:
+        return AutoModelForTokenClassification.from_pretrained(
+            path, config=config, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -32,7 +32,14 @@ class MultiplicationTask:
 
     columns = ("a", "b")
 
-    def __init__(self, name: str = "multiplication", digits_a: int = 3, digits_b: int = 3, question: str = "full", format_score: float = 0.1):
+    def __init__(
+        self,
+        name: str = "multiplication",
+        digits_a: int = 3,
+        digits_b: int = 3,
+        question: str = "full",
+        format_score: float = 0.1,
+    ):
         if digits_a < 1 or digits_b < 1:
             raise ValueError(f"task.digits_a and task.digits_b must be >= 1, got {digits_a}, {digits_b}")
         if question not in ("full", "short"):
