@@ -23,6 +23,8 @@ setup(
         "numpy",
         "tqdm",
         "matplotlib",
+        # the kernels' compiler; on CPU its interpreter runs the kernel tests (no wheels off Linux)
+        "triton>=3.2; platform_system == 'Linux'",
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6", "ruff"],

@@ -273,3 +273,18 @@ def test_fsdp2_two_process_step(tmp_path, cache_dir, make_cfg):
     rows = read_metrics(tmp_path / "run")
     assert any(row.get("score/mean") for row in rows)
     assert (tmp_path / "run" / "checkpoints" / "hf" / "step_1" / "policy" / "config.json").exists()
+
+
+def test_triton_backend_gives_the_torch_losses(make_cfg, tmp_path):
+    """The PPO step with the Triton kernels (under the interpreter) matches the torch references."""
+    logged = {}
+    for backend in ("torch", "triton"):
+        cfg = make_cfg("data.max_steps=1", f"kernels.backend={backend}", f"paths.output_dir={tmp_path}/{backend}",
+                       "callbacks.checkpoint.save_hf=false")
+        _, module = fit(cfg)
+        assert module.kernels_backend == backend
+        row = next(r for r in read_metrics(cfg.paths.output_dir) if r.get("actor/pg_loss"))
+        logged[backend] = row
+    for key in ("actor/pg_loss", "actor/entropy", "actor/approx_kl", "critic/value_loss", "kl/reward_kl",
+                "advantages/mean", "critic/returns_mean", "actor/grad_norm"):
+        assert float(logged["triton"][key]) == pytest.approx(float(logged["torch"][key]), rel=1e-4, abs=1e-6), key

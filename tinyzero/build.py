@@ -83,7 +83,9 @@ def build(cfg: DictConfig):
     if cfg.model.get("pretrain"):
         from tinyzero.pretrain import ensure_tiny_base
 
-        ensure_tiny_base(cfg.model.path, task, cfg.data.template, **OmegaConf.to_container(cfg.model.pretrain))
+        # a private RNG stream: a run behaves the same whether the base model was cached or built now
+        with torch.random.fork_rng():
+            ensure_tiny_base(cfg.model.path, task, cfg.data.template, **OmegaConf.to_container(cfg.model.pretrain))
     tokenizer = load_tokenizer(cfg.model.path)
     datamodule = PromptDataModule(task, tokenizer, **cfg.data)
     sampling = SamplingParams(
@@ -117,5 +119,4 @@ def build(cfg: DictConfig):
         rollout_temperature=cfg.rollout.temperature,
         seed=cfg.seed,
     )
-    log.info("log-prob backend: %s", cfg.kernels.backend)
     return trainer, module, datamodule

@@ -23,11 +23,43 @@ def logprobs_and_entropy_torch(logits: torch.Tensor, labels: torch.Tensor, tempe
     return logprobs, entropy
 
 
+def resolve_backend(requested: str, device: torch.device) -> tuple[str, str]:
+    """The backend that will run on `device`, and why: Triton needs CUDA tensors (or the
+    interpreter, `TRITON_INTERPRET=1`) and an importable `triton`."""
+    if requested not in BACKENDS:
+        raise ValueError(f"kernels.backend must be one of {list(BACKENDS)}, got {requested!r}")
+    if requested == "torch":
+        return "torch", "kernels.backend=torch"
+    from tinyzero.kernels._runtime import interpreting, triton_available
+
+    if not triton_available():
+        return "torch", "kernels.backend=triton but triton is not installed: using the torch reference"
+    if device.type == "cuda":
+        return "triton", "kernels.backend=triton on CUDA"
+    if interpreting():
+        return "triton", "kernels.backend=triton under TRITON_INTERPRET=1 (slow: for tests)"
+    return "torch", f"kernels.backend=triton but tensors are on {device.type}: using the torch reference"
+
+
 def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, backend: str = "torch"):
-    """Dispatch: `backend="triton"` needs CUDA tensors (issue 4's kernels); otherwise the torch reference."""
-    if backend not in BACKENDS:
-        raise ValueError(f"kernels.backend must be one of {list(BACKENDS)}, got {backend!r}")
+    """`logits` `[N, V]`, `labels` `[N]` → (log p(label), H(p)) float32 `[N]`; `backend` as
+    resolved by `resolve_backend`."""
+    if backend == "triton":
+        from tinyzero.kernels.logprobs import logprobs_and_entropy as fused
+
+        return fused(logits, labels, temperature)
     return logprobs_and_entropy_torch(logits, labels, temperature)
+
+
+def gae(token_rewards, values, response_mask, gamma: float, lam: float, backend: str = "torch"):
+    """GAE through the Triton kernel or `algorithms.compute_gae`, as `backend` says."""
+    if backend == "triton":
+        from tinyzero.kernels.gae import gae as fused_gae
+
+        return fused_gae(token_rewards, values, response_mask, gamma, lam)
+    from tinyzero.algorithms import compute_gae
+
+    return compute_gae(token_rewards, values, response_mask, gamma, lam)
 
 
 def response_logprobs(

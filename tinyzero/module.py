@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from tinyzero import algorithms as alg
 from tinyzero.experience import Batch, pack, score_rollouts
-from tinyzero.logprobs import response_logprobs, response_values
+from tinyzero.logprobs import gae, resolve_backend, response_logprobs, response_values
 from tinyzero.models.loading import load_critic, load_policy
 from tinyzero.rollout.base import Rollouts
 
@@ -83,6 +83,11 @@ class PPOModule(L.LightningModule):
             for model in (self.policy, self.critic, self.reference):
                 if model is not None:
                     shard_fsdp2(model, self.device_mesh["data_parallel"])
+
+    def on_fit_start(self) -> None:
+        # decided once, where the tensors will live
+        self.kernels_backend, reason = resolve_backend(self.kernels_backend, self.device)
+        log.info("log-prob, entropy and GAE backend: %s (%s)", self.kernels_backend, reason)
 
     def configure_optimizers(self):
         def build(model, lr):
@@ -159,7 +164,7 @@ class PPOModule(L.LightningModule):
             )
             self.critic.train()
             values = values.float() * mask
-            advantages, returns = alg.compute_gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
+            advantages, returns = gae(token_rewards, values, mask, cfg.gamma, cfg.lam, self.kernels_backend)
             advantages = alg.masked_whiten(advantages, mask) * mask
             exp.update(values=values, returns=returns)
             metrics["critic/values_mean"] = alg.masked_mean(values, mask).item()

@@ -1,0 +1,194 @@
+"""Fused log-prob of the chosen token and entropy, forward and backward, over `[N, V]` logits.
+
+Forward reads each row once (online max, sum-exp and Σ e^z·z over vocabulary blocks) and
+writes 3 floats per row; backward reads the row once more and writes `dlogits` once. Bytes
+moved, the roofline the benchmark divides by: forward N·V·s (s = bytes per logit), backward
+2·N·V·s (read logits, write gradient).
+
+With z = logits / τ, lse = log Σ e^z, p = e^{z − lse}:
+    log p(y) = z_y − lse,        H = lse − Σ p z,
+    ∂ log p(y)/∂z = onehot(y) − p,   ∂H/∂z = −p (log p + H),   and ∂/∂logits = (∂/∂z) / τ.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from tinyzero.kernels._runtime import interpreting
+
+from tinyzero.logprobs import logprobs_and_entropy_torch as logprobs_and_entropy_reference  # noqa: F401
+
+FLOOR = -1.0e30  # finite stand-in for −inf: keeps exp(m_old − m_new) defined for all −inf rows
+
+
+@triton.jit
+def _forward_kernel(
+    logits_ptr,
+    labels_ptr,
+    logprobs_ptr,
+    entropy_ptr,
+    lse_ptr,
+    n_rows,
+    vocab,
+    row_stride,
+    inv_temperature,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    for r in range(ROWS_PER_PROGRAM):
+        row = pid * ROWS_PER_PROGRAM + r
+        if row < n_rows:
+            base = logits_ptr + row.to(tl.int64) * row_stride
+            m = tl.full([], FLOOR, tl.float32)
+            s = tl.zeros([], tl.float32)
+            w = tl.zeros([], tl.float32)  # Σ e^{z − m} z
+            for start in range(0, vocab, BLOCK_V):
+                cols = start + tl.arange(0, BLOCK_V)
+                z = tl.load(base + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32) * inv_temperature
+                m_new = tl.maximum(m, tl.max(z, axis=0))
+                scale = tl.exp(m - m_new)
+                e = tl.exp(z - m_new)
+                s = s * scale + tl.sum(e, axis=0)
+                w = w * scale + tl.sum(e * tl.where(e > 0, z, 0.0), axis=0)  # 0·(−inf) would be NaN
+                m = m_new
+            lse = m + tl.log(s)
+            label = tl.load(labels_ptr + row)
+            z_label = tl.load(base + label).to(tl.float32) * inv_temperature
+            tl.store(logprobs_ptr + row, z_label - lse)
+            tl.store(entropy_ptr + row, lse - w / s)
+            tl.store(lse_ptr + row, lse)
+
+
+@triton.jit
+def _backward_kernel(
+    logits_ptr,
+    labels_ptr,
+    lse_ptr,
+    entropy_ptr,
+    grad_logprobs_ptr,
+    grad_entropy_ptr,
+    dlogits_ptr,
+    n_rows,
+    vocab,
+    row_stride,
+    grad_row_stride,
+    inv_temperature,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    for r in range(ROWS_PER_PROGRAM):
+        row = pid * ROWS_PER_PROGRAM + r
+        if row < n_rows:
+            base = logits_ptr + row.to(tl.int64) * row_stride
+            out = dlogits_ptr + row.to(tl.int64) * grad_row_stride
+            lse = tl.load(lse_ptr + row)
+            entropy = tl.load(entropy_ptr + row)
+            g_lp = tl.load(grad_logprobs_ptr + row)
+            g_h = tl.load(grad_entropy_ptr + row)
+            label = tl.load(labels_ptr + row)
+            for start in range(0, vocab, BLOCK_V):
+                cols = start + tl.arange(0, BLOCK_V)
+                in_row = cols < vocab
+                z = tl.load(base + cols, mask=in_row, other=float("-inf")).to(tl.float32) * inv_temperature
+                log_p = z - lse
+                p = tl.exp(log_p)
+                onehot = tl.where(cols == label, 1.0, 0.0)
+                d_entropy = -p * (tl.where(p > 0, log_p, 0.0) + entropy)
+                grad = (g_lp * (onehot - p) + g_h * d_entropy) * inv_temperature
+                tl.store(out + cols, grad.to(dlogits_ptr.dtype.element_ty), mask=in_row)
+
+
+def _launch_config(n_rows: int, vocab: int) -> tuple[int, int]:
+    """(ROWS_PER_PROGRAM, BLOCK_V): many rows per program under the interpreter, whose cost is
+    per program; one row per program and wide blocks on a GPU."""
+    block_v = min(triton.next_power_of_2(vocab), 1024 if interpreting() else 4096)
+    return (64 if interpreting() else 1), block_v
+
+
+def _check(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"need logits [N, V] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
+    # any row stride is read in place; only a strided vocabulary axis needs a copy
+    return logits if logits.stride(1) == 1 else logits.contiguous()
+
+
+def logprobs_entropy_forward(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0):
+    """(logprobs, entropy, lse), each float32 `[N]`."""
+    logits = _check(logits, labels)
+    n_rows, vocab = logits.shape
+    outputs = [torch.empty(n_rows, dtype=torch.float32, device=logits.device) for _ in range(3)]
+    rows, block_v = _launch_config(n_rows, vocab)
+    _forward_kernel[(triton.cdiv(n_rows, rows),)](
+        logits,
+        labels,
+        *outputs,
+        n_rows,
+        vocab,
+        logits.stride(0),
+        1.0 / temperature,
+        ROWS_PER_PROGRAM=rows,
+        BLOCK_V=block_v,
+    )
+    return tuple(outputs)
+
+
+def logprobs_entropy_backward(logits, labels, lse, entropy, grad_logprobs, grad_entropy, temperature=1.0, out=None):
+    """`dlogits` `[N, V]` in the logits' dtype, written into `out` (which may be `logits` itself)."""
+    n_rows, vocab = logits.shape
+    out = torch.empty_like(logits) if out is None else out
+    rows, block_v = _launch_config(n_rows, vocab)
+    _backward_kernel[(triton.cdiv(n_rows, rows),)](
+        logits,
+        labels,
+        lse,
+        entropy,
+        grad_logprobs.float().contiguous(),
+        grad_entropy.float().contiguous(),
+        out,
+        n_rows,
+        vocab,
+        logits.stride(0),
+        out.stride(0),
+        1.0 / temperature,
+        ROWS_PER_PROGRAM=rows,
+        BLOCK_V=block_v,
+    )
+    return out
+
+
+class LogprobsEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, temperature=1.0, inplace_backward=False):
+        logits = _check(logits, labels)
+        logprobs, entropy, lse = logprobs_entropy_forward(logits, labels, temperature)
+        ctx.save_for_backward(logits, labels, lse, entropy)
+        ctx.temperature, ctx.inplace_backward = temperature, inplace_backward
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy):
+        logits, labels, lse, entropy = ctx.saved_tensors
+        if grad_logprobs is None:
+            grad_logprobs = torch.zeros_like(lse)
+        if grad_entropy is None:
+            grad_entropy = torch.zeros_like(lse)
+        out = logits if ctx.inplace_backward else None
+        dlogits = logprobs_entropy_backward(
+            logits, labels, lse, entropy, grad_logprobs, grad_entropy, ctx.temperature, out=out
+        )
+        return dlogits, None, None, None
+
+
+def logprobs_and_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, inplace_backward: bool = False
+):
+    """Fused Triton log p(label) and entropy, float32 `[N]` each, differentiable w.r.t. `logits`.
+
+    `inplace_backward=True` writes the gradient into the logits buffer (saves N·V memory;
+    the logits must not be needed after the backward pass)."""
+    return LogprobsEntropy.apply(logits, labels, temperature, inplace_backward)
