@@ -34,6 +34,6 @@ def test_countdown_tiny_learns(tmp_path):
         accuracy = [(int(r["step"]), float(r["val/accuracy"])) for r in csv.DictReader(f) if r.get("val/accuracy")]
     first, last = accuracy[0], accuracy[-1]
     print(f"held-out accuracy {first} -> {last} in {elapsed:.0f} s")
-    assert first[0] == 0 and last[0] == 300
+    assert first[0] == 0 and last[0] == max(step for step, _ in accuracy) > 0
     assert last[1] - first[1] >= 0.25, accuracy
     assert (tmp_path / "run" / "curves.png").exists()

@@ -279,12 +279,24 @@ def test_triton_backend_gives_the_torch_losses(make_cfg, tmp_path):
     """The PPO step with the Triton kernels (under the interpreter) matches the torch references."""
     logged = {}
     for backend in ("torch", "triton"):
-        cfg = make_cfg("data.max_steps=1", f"kernels.backend={backend}", f"paths.output_dir={tmp_path}/{backend}",
-                       "callbacks.checkpoint.save_hf=false")
+        cfg = make_cfg(
+            "data.max_steps=1",
+            f"kernels.backend={backend}",
+            f"paths.output_dir={tmp_path}/{backend}",
+            "callbacks.checkpoint.save_hf=false",
+        )
         _, module = fit(cfg)
         assert module.kernels_backend == backend
         row = next(r for r in read_metrics(cfg.paths.output_dir) if r.get("actor/pg_loss"))
         logged[backend] = row
-    for key in ("actor/pg_loss", "actor/entropy", "actor/approx_kl", "critic/value_loss", "kl/reward_kl",
-                "advantages/mean", "critic/returns_mean", "actor/grad_norm"):
+    for key in (
+        "actor/pg_loss",
+        "actor/entropy",
+        "actor/approx_kl",
+        "critic/value_loss",
+        "kl/reward_kl",
+        "advantages/mean",
+        "critic/returns_mean",
+        "actor/grad_norm",
+    ):
         assert float(logged["triton"][key]) == pytest.approx(float(logged["torch"][key]), rel=1e-4, abs=1e-6), key

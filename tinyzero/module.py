@@ -308,23 +308,10 @@ class PPOModule(L.LightningModule):
         metrics.update(timings)
         self.rl_step += 1
         metrics["train/rl_step"] = self.rl_step
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(prompts["prompt_ids"]), sync_dist=False)
-        self.log(
-            "reward",
-            metrics["score/mean"],
-            prog_bar=True,
-            on_step=True,
-            on_epoch=False,
-            batch_size=len(prompts["prompt_ids"]),
-        )
-        self.log(
-            "s/step",
-            timings["time/step"],
-            prog_bar=True,
-            on_step=True,
-            on_epoch=False,
-            batch_size=len(prompts["prompt_ids"]),
-        )
+        batch_size = len(prompts["prompt_ids"])
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
+        progress = {"reward": metrics["score/mean"], "s/step": timings["time/step"]}
+        self.log_dict(progress, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=batch_size)
 
     # ---- checkpoint state ----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

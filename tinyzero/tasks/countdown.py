@@ -35,16 +35,28 @@ def compute_score(solution_str: str, ground_truth: dict, format_score: float = 0
     return score if abs(value - Fraction(int(ground_truth["target"]))) < Fraction(1, 100000) else format_score
 
 
-def random_solution(numbers: list[int], operations: str, rng: random.Random) -> tuple[str, Fraction]:
-    """A random left-to-right equation over a random order of `numbers` and its exact value."""
+def random_solution(
+    numbers: list[int], operations: str, rng: random.Random, non_negative: bool = False
+) -> tuple[str, Fraction]:
+    """A random left-to-right equation over a random order of `numbers` and its exact value.
+
+    `non_negative` writes each subtraction larger-first, as people do in countdown, so no
+    intermediate value drops below zero.
+    """
     order = rng.sample(numbers, len(numbers))
     text, value = str(order[0]), Fraction(order[0])
     for number in order[1:]:
         op = rng.choice(operations)
         if op == "/" and number == 0:
             op = "+"
-        value = {"+": value + number, "-": value - number, "*": value * number, "/": value / number}[op]
-        text = f"({text} {op} {number})" if op in "+-" and len(order) > 2 else f"{text} {op} {number}"
+        group = op in "+-" and len(order) > 2
+        if op == "-" and non_negative and value < number:
+            value = number - value
+            text = f"{number} - ({text})" if len(order) > 2 and text != str(order[0]) else f"{number} - {text}"
+        else:
+            value = {"+": value + number, "-": value - number, "*": value * number, "/": value / number}[op]
+            text = f"{text} {op} {number}"
+        text = f"({text})" if group else text
     return text, value
 
 
@@ -105,4 +117,4 @@ class CountdownTask:
 
     def random_answer(self, row: dict, rng: random.Random) -> str:
         """A well-formed answer that ignores the target: pre-training text, never a solution."""
-        return random_solution([int(n) for n in row["nums"]], self.operations, rng)[0]
+        return random_solution([int(n) for n in row["nums"]], self.operations, rng, non_negative=True)[0]
