@@ -48,13 +48,16 @@ def _gae_kernel(
         next_value, next_advantage = v, advantage
 
 
-def gae(token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float):
-    """(advantages, returns), float32 `[B, T]`: the contract of `compute_gae`, in one launch."""
+def gae(
+    token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float, out=None
+):
+    """(advantages, returns), float32 `[B, T]`: the contract of `compute_gae`, in one launch
+    (written into `out`, a pair of contiguous float32 tensors, when given)."""
     if not token_rewards.shape == values.shape == response_mask.shape or token_rewards.dim() != 2:
         raise ValueError("token_rewards, values and response_mask must share one [B, T] shape")
     rewards, values, mask = (x.float().contiguous() for x in (token_rewards, values, response_mask))
     n_rows, n_steps = rewards.shape
-    advantages, returns = torch.empty_like(rewards), torch.empty_like(rewards)
+    advantages, returns = out or (torch.empty_like(rewards), torch.empty_like(rewards))
     block_b = 64 if interpreting() else 32
     _gae_kernel[(triton.cdiv(n_rows, block_b),)](
         rewards, values, mask, advantages, returns, n_rows, n_steps, n_steps, gamma, gamma * lam, BLOCK_B=block_b

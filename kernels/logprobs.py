@@ -117,11 +117,11 @@ def _check(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits if logits.stride(1) == 1 else logits.contiguous()
 
 
-def logprobs_entropy_forward(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0):
-    """(logprobs, entropy, lse), each float32 `[N]`."""
+def logprobs_entropy_forward(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, out=None):
+    """(logprobs, entropy, lse), each float32 `[N]`, written into `out` when given."""
     logits = _check(logits, labels)
     n_rows, vocab = logits.shape
-    outputs = [torch.empty(n_rows, dtype=torch.float32, device=logits.device) for _ in range(3)]
+    outputs = out or [torch.empty(n_rows, dtype=torch.float32, device=logits.device) for _ in range(3)]
     rows, block_v = _launch_config(n_rows, vocab)
     _forward_kernel[(triton.cdiv(n_rows, rows),)](
         logits,

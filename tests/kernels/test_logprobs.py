@@ -64,18 +64,8 @@ def test_outputs_are_fully_written():
     torch.manual_seed(0)
     logits, labels = torch.randn(130, 515), torch.randint(515, (130,))
     poisoned = [torch.full((130,), float("nan")) for _ in range(3)]
-    import tinyzero.kernels.logprobs as kl
-
-    real_empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        return poisoned.pop(0) if poisoned and args == (130,) else real_empty(*args, **kwargs)
-
-    kl.torch.empty = poisoned_empty
-    try:
-        outputs = logprobs_entropy_forward(logits, labels)
-    finally:
-        kl.torch.empty = real_empty
+    outputs = logprobs_entropy_forward(logits, labels, out=poisoned)
+    assert all(o is p for o, p in zip(outputs, poisoned))
     assert all(torch.isfinite(o).all() for o in outputs)
 
 
