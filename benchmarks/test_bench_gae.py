@@ -3,6 +3,8 @@
 Roofline bytes: read rewards, values and mask, write advantages and returns: 5·B·T·4.
 """
 
+from functools import partial
+
 import pytest
 import torch
 from cases import gae_inputs, loop_gae
@@ -41,7 +43,7 @@ def test_cuda_gae(batch, steps, impl, record):
 def test_cpu_loop_gae(batch, steps, record):
     inputs = gae_inputs(batch, steps)
     ms = cpu_time_ms(lambda: loop_gae(*inputs), reps=2)
-    peak = cpu_peak_extra_mib(lambda: gae_inputs(batch, steps), loop_gae)
+    peak = cpu_peak_extra_mib(partial(gae_inputs, batch, steps), loop_gae)
     record(
         kernel="gae",
         impl="loop",

@@ -4,6 +4,8 @@ Roofline bytes for forward + backward on bf16 logits: read N·V·2 (forward), re
 write N·V·2 (backward) = 6·N·V bytes.
 """
 
+from functools import partial
+
 import pytest
 import torch
 from cases import VOCAB, eager_logprobs_fwd_bwd, logprob_inputs
@@ -60,7 +62,7 @@ def test_cpu_eager_logprobs(n, record):
     """What a CPU can measure: the torch reference's time and peak memory at the real vocabulary."""
     logits, labels = logprob_inputs(n)
     ms = cpu_time_ms(lambda: eager_logprobs_fwd_bwd(logits, labels), reps=2)
-    peak = cpu_peak_extra_mib(lambda: logprob_inputs(n), eager_logprobs_fwd_bwd)
+    peak = cpu_peak_extra_mib(partial(logprob_inputs, n), eager_logprobs_fwd_bwd)
     gbs = roofline_bytes(n, VOCAB) / ms / 1e6
     # the eager path allocates float32 [N, V] temporaries: several times the bf16 logits
     assert peak > n * VOCAB * 2 / 2**20
