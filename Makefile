@@ -21,4 +21,4 @@ demo: setup
 	$(BIN)/python scripts/train.py experiment=countdown_tiny
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests

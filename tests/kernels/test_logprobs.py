@@ -14,11 +14,22 @@ def relative_error(got, want):
 
 
 def reference(logits, labels, temperature, grad_lp, grad_h):
+    """Log-probs, entropy and d/dlogits in float64 (the eager torch path computes in float32)."""
     x = logits.detach().double().requires_grad_(True)
-    lp, h = logprobs_and_entropy_torch(x, labels, temperature)
-    lp, h = lp.double(), h.double()
+    scaled = x / temperature
+    log_p = torch.log_softmax(scaled, dim=-1)
+    lp = log_p.gather(-1, labels[:, None]).squeeze(-1)
+    h = -(log_p.exp() * log_p.masked_fill(torch.isinf(log_p), 0)).sum(-1)
     ((lp * grad_lp.double()).sum() + (h * grad_h.double()).sum()).backward()
     return lp.detach(), h.detach(), x.grad
+
+
+def test_eager_reference_agrees_with_float64():
+    logits = make_logits(50, 777, torch.float32, seed=3)
+    labels = torch.isfinite(logits).float().argmax(-1)
+    lp, h = logprobs_and_entropy_torch(logits, labels, 0.9)
+    want_lp, want_h, _ = reference(logits, labels, 0.9, torch.zeros(50), torch.zeros(50))
+    assert relative_error(lp, want_lp) < 1e-5 and relative_error(h, want_h) < 1e-4
 
 
 def make_logits(n, v, dtype, seed, neg_inf=True, strided=False):
@@ -96,3 +107,21 @@ def test_bad_inputs_are_rejected():
         logprobs_and_entropy(torch.randn(2, 3, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
         logprobs_and_entropy(torch.randn(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("vocab", [151_936, 151_665])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qwen_vocabulary_sizes(vocab, dtype):
+    """Qwen2.5's padded (151 936) and real (151 665) vocabularies: neither a multiple of BLOCK_V."""
+    n = 3
+    logits = make_logits(n, vocab, dtype, seed=vocab)
+    labels = torch.tensor([vocab - 1, 0, vocab // 3])
+    grad_lp, grad_h = torch.ones(n), torch.full((n,), 0.5)
+    want_lp, want_h, want_grad = reference(logits, labels, 0.8, grad_lp, grad_h)
+    x = logits.detach().clone().requires_grad_(True)
+    lp, h = logprobs_and_entropy(x, labels, 0.8)
+    ((lp * grad_lp).sum() + (h * grad_h).sum()).backward()
+    tol = TOLERANCE[dtype]
+    assert relative_error(lp, want_lp) < tol
+    assert relative_error(h, want_h) < max(tol, 1e-5)
+    assert relative_error(x.grad, want_grad) < tol
