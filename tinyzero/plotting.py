@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-PANELS = [
-    ("val/accuracy", "held-out greedy accuracy"),
-    ("score/mean", "training reward (mean score)"),
-    ("response_length/mean", "response length (tokens)"),
-    ("kl/reward_kl", "KL to the reference"),
-    ("actor/entropy", "policy entropy"),
-    ("critic/value_loss", "value loss"),
+PANELS = [  # (metrics in order of preference, title)
+    (("val/accuracy",), "held-out greedy accuracy"),
+    (("score/mean",), "training reward (mean score)"),
+    (("response_length/mean",), "response length (tokens)"),
+    (("kl/reward_kl", "actor/kl_loss"), "KL to the reference"),
+    (("actor/entropy",), "policy entropy"),
+    (("critic/value_loss",), "value loss"),
 ]
 
 
@@ -36,7 +36,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     curves = read_curves(run_dir)
-    panels = [(key, title) for key, title in PANELS if key in curves]
+    panels = [(next(k for k in keys if k in curves), title) for keys, title in PANELS if any(k in curves for k in keys)]
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
