@@ -12,7 +12,25 @@ OUT = Path(os.environ.get("BENCH_OUT", Path(__file__).parent / "results.json"))
 
 @pytest.fixture
 def record():
-    def add(**row):
+    """Add a row: achieved GB/s over the fewest bytes the operation must move, and on CUDA
+    that figure as a share of the device's measured copy bandwidth."""
+    from measure import copy_bandwidth_gbs
+
+    def add(kernel: str, impl: str, shape: str, ms: float, bytes_moved: int, peak_mib: float, cuda: bool = False):
+        import torch
+
+        gbs = bytes_moved / ms / 1e6
+        row = {
+            "kernel": kernel,
+            "impl": impl,
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "shape": shape,
+            "ms": round(ms, 3),
+            "GB/s": round(gbs, 2),
+            "peak extra MiB": round(peak_mib, 1),
+        }
+        if cuda:
+            row["roofline %"] = round(100 * gbs / copy_bandwidth_gbs(), 1)
         RESULTS.append(row)
 
     return add

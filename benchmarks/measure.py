@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import resource
 import statistics
@@ -34,6 +35,7 @@ def cuda_peak_extra_mib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+@functools.cache
 def copy_bandwidth_gbs(num_bytes: int = 2**30) -> float:
     """The device's measured copy bandwidth (read + write), the roofline's denominator."""
     src = torch.empty(num_bytes, dtype=torch.uint8, device="cuda")

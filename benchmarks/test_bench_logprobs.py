@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 from cases import VOCAB, eager_logprobs_fwd_bwd, logprob_inputs
-from measure import copy_bandwidth_gbs, cpu_peak_extra_mib, cpu_time_ms, cuda_peak_extra_mib, cuda_time_ms
+from measure import cpu_peak_extra_mib, cpu_time_ms, cuda_peak_extra_mib, cuda_time_ms
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device: Triton kernels and GPU timings")
@@ -42,19 +42,7 @@ def test_cuda_logprobs(n, impl, record):
         peak = cuda_peak_extra_mib(lambda: fn(logits, labels))
     except torch.OutOfMemoryError:
         pytest.skip(f"{impl} runs out of GPU memory at N={n}")
-    gbs = roofline_bytes(n, VOCAB) / ms / 1e6
-    record(
-        kernel="logprobs+entropy fwd+bwd",
-        impl=impl,
-        device=torch.cuda.get_device_name(),
-        shape=f"N={n} V={VOCAB}",
-        ms=round(ms, 3),
-        **{
-            "GB/s": round(gbs, 1),
-            "roofline %": round(100 * gbs / copy_bandwidth_gbs(), 1),
-            "peak extra MiB": round(peak, 1),
-        },
-    )
+    record("logprobs+entropy fwd+bwd", impl, f"N={n} V={VOCAB}", ms, roofline_bytes(n, VOCAB), peak, cuda=True)
 
 
 @pytest.mark.parametrize("n", [256, 1024])
@@ -63,14 +51,6 @@ def test_cpu_eager_logprobs(n, record):
     logits, labels = logprob_inputs(n)
     ms = cpu_time_ms(lambda: eager_logprobs_fwd_bwd(logits, labels), reps=2)
     peak = cpu_peak_extra_mib(partial(logprob_inputs, n), eager_logprobs_fwd_bwd)
-    gbs = roofline_bytes(n, VOCAB) / ms / 1e6
     # the eager path allocates float32 [N, V] temporaries: several times the bf16 logits
     assert peak > n * VOCAB * 2 / 2**20
-    record(
-        kernel="logprobs+entropy fwd+bwd",
-        impl="eager",
-        device="cpu",
-        shape=f"N={n} V={VOCAB}",
-        ms=round(ms, 1),
-        **{"GB/s": round(gbs, 2), "peak extra MiB": round(peak, 1)},
-    )
+    record("logprobs+entropy fwd+bwd", "eager", f"N={n} V={VOCAB}", ms, roofline_bytes(n, VOCAB), peak)

@@ -58,7 +58,8 @@ class RolloutCallback(L.Callback):
             self.engine.sleep()
 
     def on_train_start(self, trainer, module) -> None:
-        if self.eval_every_n_steps and module.rl_step % self.eval_every_n_steps == 0:
+        # step 0 only: a resumed run's step was evaluated before its checkpoint was saved
+        if self.eval_every_n_steps and module.rl_step == 0:
             self.evaluate(trainer, module)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
