@@ -300,3 +300,29 @@ def test_triton_backend_gives_the_torch_losses(make_cfg, tmp_path):
         "actor/grad_norm",
     ):
         assert float(logged["triton"][key]) == pytest.approx(float(logged["torch"][key]), rel=1e-4, abs=1e-6), key
+
+
+def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
+    from tinyzero.evaluate import evaluate_checkpoint
+
+    cfg = make_cfg("data.max_steps=1", "algorithm.actor_lr=1e-3", "callbacks.rollout.eval_every_n_steps=1")
+    trainer, module = fit(cfg)
+    callback = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback))
+    logged = callback.eval_history[-1]
+    assert logged["step"] == 1
+    policy = os.path.join(cfg.paths.output_dir, "checkpoints", "hf", "step_1", "policy")
+    result = evaluate_checkpoint(
+        policy,
+        module.task,
+        cfg.data,
+        samples=2,
+        temperature=1.0,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seed=0,
+        output=tmp_path / "eval.jsonl",
+    )
+    assert result["accuracy"] == pytest.approx(logged["val/accuracy"])
+    assert result["mean_score"] == pytest.approx(logged["val/score"])
+    assert 0.0 <= result["pass@2"] <= 1.0
+    lines = (tmp_path / "eval.jsonl").read_text().splitlines()
+    assert len(lines) == result["problems"] == cfg.data.test_size

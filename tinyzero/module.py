@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from tinyzero import algorithms as alg
+from tinyzero.behaviour import behaviour_rates
 from tinyzero.experience import Batch, pack, score_rollouts
 from tinyzero.logprobs import gae, resolve_backend, response_logprobs, response_values
 from tinyzero.models.loading import load_critic, load_policy
@@ -188,6 +189,7 @@ class PPOModule(L.LightningModule):
                 "advantages/min": advantages[mask.bool()].min().item() if mask.any() else 0.0,
             }
         )
+        metrics.update(behaviour_rates(texts))
         self.last_texts = texts
         self.last_scores = scores
         return batch, exp, metrics

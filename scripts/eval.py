@@ -1,0 +1,29 @@
+"""Score a checkpoint on a task's test set: greedy accuracy and pass@k, per-problem JSONL.
+
+`python scripts/eval.py experiment=countdown_tiny checkpoint=PATH [samples=8]`
+"""
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tinyzero.evaluate import evaluate_checkpoint
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    result = evaluate_checkpoint(
+        cfg.checkpoint,
+        instantiate(cfg.task),
+        cfg.data,
+        cfg.samples,
+        cfg.sample_temperature,
+        cfg.rollout.max_new_tokens,
+        cfg.seed,
+        cfg.output,
+    )
+    print(" ".join(f"{key}={value:.4g}" for key, value in result.items()), f"\nper-problem results: {cfg.output}")
+
+
+if __name__ == "__main__":
+    main()

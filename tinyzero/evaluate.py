@@ -1,0 +1,66 @@
+"""Score a checkpoint (ours or any Hugging Face model directory) on a task's test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tinyzero.data import ensure_data, read_rows
+from tinyzero.datamodule import PromptSet
+from tinyzero.experience import score_rollouts
+from tinyzero.models.loading import load_tokenizer
+from tinyzero.rollout import HFEngine, SamplingParams
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    task,
+    data_cfg,
+    samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    output: str | Path,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Greedy accuracy and pass@`samples` with the training reward; per-problem JSONL at `output`."""
+    tokenizer = load_tokenizer(checkpoint)
+    paths = ensure_data(task, data_cfg.dir, data_cfg.source, data_cfg.train_size, data_cfg.test_size, data_cfg.seed)
+    rows = read_rows(paths["test"], task.columns)
+    problems = PromptSet(task, tokenizer, rows, data_cfg.template, data_cfg.max_prompt_length, "test").items
+    prompts = [p["prompt_ids"] for p in problems]
+    truths = [p["ground_truth"] for p in problems]
+    engine = HFEngine(checkpoint, tokenizer.eos_token_id, tokenizer.pad_token_id, device=device)
+    engine.wake_up()
+    greedy = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    greedy_scores, greedy_texts = score_rollouts(task, tokenizer, greedy, truths)
+    sampled = engine.generate(
+        prompts, SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    )
+    sampled_scores, sampled_texts = score_rollouts(task, tokenizer, sampled, truths)
+    engine.sleep()
+    sampled_scores = sampled_scores.view(len(problems), samples)
+    solved = (sampled_scores >= 1.0).any(-1)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w") as f:
+        for i, problem in enumerate(problems):
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": tokenizer.decode(problem["prompt_ids"]),
+                        "ground_truth": problem["ground_truth"],
+                        "response": greedy_texts[i],
+                        "score": greedy_scores[i].item(),
+                        "samples": sampled_texts[i * samples : (i + 1) * samples],
+                        "sample_scores": sampled_scores[i].tolist(),
+                    }
+                )
+                + "\n"
+            )
+    return {
+        "accuracy": (greedy_scores >= 1.0).float().mean().item(),
+        "mean_score": greedy_scores.mean().item(),
+        f"pass@{samples}": solved.float().mean().item(),
+        "problems": float(len(problems)),
+    }
