@@ -31,5 +31,6 @@ setup(
         "gpu": ["vllm>=0.33,<0.34"],
         "flash": ["flash-attn>=2.7"],
         "wandb": ["wandb"],
+        "slurm": ["hydra-submitit-launcher"],
     },
 )

@@ -52,8 +52,9 @@ class PPOModule(L.LightningModule):
         self.task, self.tokenizer = task, tokenizer
         self.kernels_backend, self.rollout_temperature = kernels_backend, rollout_temperature
         self.use_critic = algorithm.adv_estimator == "gae"
-        self.kl_in_reward = not algorithm.use_kl_loss and algorithm.kl_coef > 0
-        self.use_reference = algorithm.use_kl_loss or self.kl_in_reward
+        # KL to the reference is always measured (a kl_coef=0 run's drift is what a KL sweep asks
+        # about); it enters the reward with β = kl_coef unless it is a loss term
+        self.kl_in_reward = not algorithm.use_kl_loss
         self.kl_ctrl = (
             alg.AdaptiveKLController(algorithm.kl_coef, algorithm.target_kl, algorithm.kl_horizon)
             if algorithm.kl_ctrl == "adaptive"
@@ -72,8 +73,7 @@ class PPOModule(L.LightningModule):
         self.policy = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation)
         if self.use_critic:
             self.critic = load_critic(cfg.critic_path, cfg.dtype, cfg.attn_implementation)
-        if self.use_reference:
-            self.reference = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation).eval().requires_grad_(False)
+        self.reference = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation).eval().requires_grad_(False)
         if cfg.gradient_checkpointing:
             for model in (self.policy, self.critic):
                 if model is not None:
@@ -144,8 +144,7 @@ class PPOModule(L.LightningModule):
         self.policy.train()
         exp = {"old_logprobs": old_logprobs, "response_mask": mask}
         metrics = {}
-        if self.use_reference:
-            exp["ref_logprobs"] = self._evaluate_in_micro_batches(policy_logprobs(self.reference), batch, micro).float()
+        exp["ref_logprobs"] = self._evaluate_in_micro_batches(policy_logprobs(self.reference), batch, micro).float()
         # the sparse reward sits on the last response token
         token_scores = torch.zeros_like(mask)
         rows = torch.nonzero(length > 0).squeeze(-1)

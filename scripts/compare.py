@@ -1,0 +1,20 @@
+"""Compare runs: `python scripts/compare.py SWEEP_DIR [RUN_DIR ...] [--target 0.5] [--out DIR]`.
+
+Prints final and best held-out accuracy, steps to reach `--target`, mean response length and
+KL over the last tenth of each run; writes summary.csv and comparison.png (overlaid curves).
+"""
+
+import argparse
+from pathlib import Path
+
+from tinyzero.compare import compare, format_table
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories")
+    parser.add_argument("--target", type=float, default=0.5, help="held-out accuracy for 'steps_to_target'")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first path)")
+    args = parser.parse_args()
+    rows, png = compare(args.paths, args.out or args.paths[0], args.target)
+    print(format_table(rows))
+    print(f"curves: {png}")
