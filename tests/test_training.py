@@ -88,8 +88,11 @@ class RecordingCallback(RolloutCallback):
     """The real callback and engine, with each engine call recorded in order."""
 
     def __init__(self, inner: RolloutCallback):
-        super().__init__(inner.engine, inner.sampling, inner.eval_every_n_steps)
+        super().__init__(inner.engine_factory, inner.sampling, inner.eval_every_n_steps)
         self.calls = []
+
+    def setup(self, trainer, module, stage):
+        super().setup(trainer, module, stage)
         engine = self.engine
         for name in ("wake_up", "load_weights", "reset_prefix_cache", "generate", "sleep"):
             method = getattr(engine, name)
@@ -125,6 +128,7 @@ def test_generation_after_a_push_reflects_the_new_weights(make_cfg):
     trainer, module, datamodule = build(cfg)
     module.configure_model()
     callback = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback))
+    callback.setup(trainer, module, "fit")
     prompts = [
         module.tokenizer("User: Using the numbers [3, 4], create an equation that equals 12.\nAssistant:")["input_ids"]
     ]
@@ -163,8 +167,10 @@ def test_generate_refuses_while_asleep(make_cfg):
     from tinyzero.rollout import SamplingParams
 
     cfg = make_cfg()
-    trainer, _, _ = build(cfg)
-    engine = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback)).engine
+    trainer, module, _ = build(cfg)
+    callback = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback))
+    callback.setup(trainer, module, "fit")
+    engine = callback.engine
     with pytest.raises(RuntimeError, match="kv_cache"):
         engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2))
     with pytest.raises(ValueError, match="wake_up tags"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+from functools import partial
 
 import torch
 from hydra.utils import instantiate
@@ -13,9 +13,11 @@ from transformers.utils import logging as hf_logging
 from tinyzero import algorithms as alg
 from tinyzero.datamodule import PromptDataModule
 from tinyzero.logprobs import BACKENDS
+from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
 from tinyzero.models.loading import DTYPES, load_tokenizer
 from tinyzero.module import ADV_ESTIMATORS, PPOModule
 from tinyzero.rollout.base import SamplingParams
+from tinyzero.rollout.select import ENGINE_KINDS, resolve_engine
 from tinyzero.tasks import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,9 @@ CHOICES = {
     "algorithm.loss_agg_mode": alg.LOSS_AGG_MODES,
     "data.template": tuple(TEMPLATES),
     "model.dtype": tuple(DTYPES),
-    "model.attn_implementation": ("eager", "sdpa", "flash_attention_2"),
+    "model.attn_implementation": ATTENTION_CHOICES,
+    "rollout.dtype": tuple(DTYPES),
+    "rollout.engine.kind": ENGINE_KINDS,
     "kernels.backend": BACKENDS,
 }
 POSITIVE = (
@@ -70,14 +74,17 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
-def engine_device(cfg: DictConfig) -> str:
-    if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
+def device_type(cfg: DictConfig) -> str:
+    """Where the models will live: what the engine and attention choices depend on."""
+    return "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
 
 
 def build(cfg: DictConfig):
     validate(cfg)
+    resolve_engine(cfg.rollout.engine.kind, device_type(cfg))  # an engine that cannot run fails now
+    attention, reason = resolve_attention(cfg.model.attn_implementation, device_type(cfg))
+    log.info("attention: %s (%s)", attention, reason)
+    model_cfg = OmegaConf.merge(cfg.model, {"attn_implementation": attention})
     hf_logging.disable_progress_bar()  # one bar per weight load drowns Lightning's
     task = instantiate(cfg.task)
     if cfg.model.get("pretrain"):
@@ -95,23 +102,25 @@ def build(cfg: DictConfig):
         max_new_tokens=cfg.rollout.max_new_tokens,
         seed=cfg.rollout.seed,
     )
-    # The engine comes first: on GPUs it must claim its memory before the trainer's models.
-    engine = instantiate(cfg.rollout.engine)(
+    # The rollout callback builds the engine once the ranks exist, before the models load.
+    engine_factory = partial(
+        instantiate(cfg.rollout.engine),
         path=cfg.model.path,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        device=engine_device(cfg),
-        dtype=cfg.model.dtype,
-        attn_implementation=cfg.model.attn_implementation,
+        dtype=cfg.rollout.dtype,
+        attn_implementation=model_cfg.attn_implementation,
+        max_model_len=cfg.data.max_prompt_length + cfg.rollout.max_new_tokens,
+        seed=cfg.seed,
     )
     callbacks = []
     for name, callback_cfg in cfg.callbacks.items():
-        extra = {"engine": engine, "sampling": sampling} if name == "rollout" else {}
+        extra = {"engine_factory": engine_factory, "sampling": sampling} if name == "rollout" else {}
         callbacks.append(instantiate(callback_cfg, **extra, _convert_="object"))
     loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()] if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     module = PPOModule(
-        cfg.model,
+        model_cfg,
         cfg.algorithm,
         task,
         tokenizer,

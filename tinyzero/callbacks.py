@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,26 +23,38 @@ class RolloutCallback(L.Callback):
     """Runs the engine's phase cycle before each training batch and hands the rollouts over:
     wake weights → push policy weights → reset prefix cache → wake KV cache → generate → sleep.
 
-    Every `eval_every_n_steps` steps (and at the start and the end) it scores greedy
-    responses to the held-out prompts.
+    The engine is built in `setup`, once the ranks exist and before the trainer's models take
+    memory. Every `eval_every_n_steps` steps (and at the start and the end) it scores greedy
+    responses to the held-out prompts; with `dump_rollouts` each rank writes every step's
+    responses to `rollouts/step_K_rank_R.jsonl` under `dump_dir`.
     """
 
     def __init__(
         self,
-        engine: RolloutEngine,
+        engine_factory: Callable[..., RolloutEngine],
         sampling: SamplingParams,
         eval_every_n_steps: int = 0,
         eval_max_new_tokens: int | None = None,
         print_samples_every_n_steps: int = 0,
         num_samples_printed: int = 2,
+        dump_rollouts: bool = False,
+        dump_dir: str = ".",
     ):
-        self.engine, self.sampling = engine, sampling
+        self.engine_factory, self.sampling = engine_factory, sampling
+        self.engine: RolloutEngine | None = None
+        self.dump_dir = Path(dump_dir) / "rollouts" if dump_rollouts else None
         self.eval_every_n_steps = eval_every_n_steps
         self.eval_sampling = SamplingParams(
             n=1, temperature=0.0, max_new_tokens=eval_max_new_tokens or sampling.max_new_tokens
         )
         self.print_samples_every_n_steps, self.num_samples_printed = print_samples_every_n_steps, num_samples_printed
         self.eval_history: list[dict] = []
+
+    def setup(self, trainer, module, stage: str) -> None:
+        if self.engine is None:
+            self.engine = self.engine_factory(
+                device=trainer.strategy.root_device, rank=trainer.global_rank, world_size=trainer.world_size
+            )
 
     def push_weights(self, module) -> float:
         """Wake the weights and stream the current policy in; returns the seconds it took."""
@@ -50,12 +64,18 @@ class RolloutCallback(L.Callback):
         self.engine.reset_prefix_cache()
         return time.perf_counter() - start
 
-    def generate(self, prompt_ids, sampling: SamplingParams):
+    def generate(self, prompt_ids, sampling: SamplingParams, memory: dict | None = None):
+        """Wake the KV cache, generate, sleep; on CUDA, `memory` gets the GPU's use awake and asleep."""
         self.engine.wake_up(["kv_cache"])
         try:
-            return self.engine.generate(prompt_ids, sampling)
+            rollouts = self.engine.generate(prompt_ids, sampling)
+            if memory is not None:
+                memory["memory/gpu_used_awake_gib"] = gpu_used_gib()
         finally:
             self.engine.sleep()
+        if memory is not None:
+            memory["memory/gpu_used_asleep_gib"] = gpu_used_gib()
+        return rollouts
 
     def on_train_start(self, trainer, module) -> None:
         # step 0 only: a resumed run's step was evaluated before its checkpoint was saved
@@ -69,12 +89,16 @@ class RolloutCallback(L.Callback):
             self.sampling, seed=self.sampling.seed + 1_000_003 * module.rl_step + 7919 * trainer.global_rank
         )
         start = time.perf_counter()
-        rollouts = self.generate(batch["prompt_ids"], sampling)
+        memory = {} if module.device.type == "cuda" else None
+        rollouts = self.generate(batch["prompt_ids"], sampling, memory)
         timings["time/generate"] = time.perf_counter() - start
-        module.set_rollouts(rollouts, timings)
+        module.set_rollouts(rollouts, {**timings, **(memory or {})})
+        self._last_rollouts = rollouts
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = module.rl_step
+        if self.dump_dir is not None:
+            self.dump(trainer, module, batch)
         if self.print_samples_every_n_steps and step % self.print_samples_every_n_steps == 0 and trainer.is_global_zero:
             for text, score in list(zip(module.last_texts, module.last_scores.tolist()))[: self.num_samples_printed]:
                 print(f"[step {step}] score={score:.2f} response={text!r}")
@@ -84,6 +108,16 @@ class RolloutCallback(L.Callback):
     def on_train_end(self, trainer, module) -> None:
         if self.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["step"] != module.rl_step):
             self.evaluate(trainer, module)
+
+    def dump(self, trainer, module, batch) -> None:
+        """This rank's responses of the step just trained: prompt index, response, score."""
+        self.dump_dir.mkdir(parents=True, exist_ok=True)
+        prompt_indices = batch["index"].tolist()
+        path = self.dump_dir / f"step_{module.rl_step}_rank_{trainer.global_rank}.jsonl"
+        with open(path, "w") as f:
+            rows = zip(self._last_rollouts.prompt_index, module.last_texts, module.last_scores.tolist())
+            for slot, text, score in rows:
+                f.write(json.dumps({"prompt_index": prompt_indices[slot], "response": text, "score": score}) + "\n")
 
     @torch.no_grad()
     def evaluate(self, trainer, module) -> dict:
@@ -111,6 +145,12 @@ class RolloutCallback(L.Callback):
                 f"(mean score {result['val/score']:.3f}, {int(totals[2])} problems)"
             )
         return result
+
+
+def gpu_used_gib() -> float:
+    """Memory in use on the current GPU by every allocator (vLLM's included), in GiB."""
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**30
 
 
 class RLCheckpoint(L.Callback):

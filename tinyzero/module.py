@@ -302,7 +302,7 @@ class PPOModule(L.LightningModule):
         start = time.perf_counter()
         metrics.update(self.update(batch, exp))
         timings["time/update"] = time.perf_counter() - start
-        timings["time/step"] = sum(timings.values())
+        timings["time/step"] = sum(value for key, value in timings.items() if key.startswith("time/"))
         tokens = batch.response_mask.sum().item()
         metrics["perf/tokens_per_s"] = tokens / timings["time/step"]
         metrics["perf/generate_tokens_per_s"] = tokens / max(timings.get("time/generate", 0.0), 1e-9)

@@ -1,0 +1,153 @@
+"""A rollout engine on vLLM (written against vLLM 0.33): one in-process engine per rank,
+sharing the GPU with training and sleeping while the policy and critic update.
+
+`distributed_executor_backend="external_launcher"` makes each training process its own vLLM
+engine (vLLM reuses the process group Lightning or torchrun set up); ranks form vLLM's
+data-parallel groups of `tensor_parallel_size` GPUs each, and each group generates its own
+prompts. The engine is built before the trainer's models so vLLM profiles an empty GPU, then
+sleeps: `gpu_memory_utilization` is the share of the GPU it takes back on each wake-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from tinyzero.rollout.base import Rollouts, SamplingParams, check_tags
+from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
+
+log = logging.getLogger(__name__)
+
+SLEEP_LEVELS = (1, 2)
+
+
+class VLLMEngine:
+    """vLLM's `LLM` in sleep mode behind the rollout protocol.
+
+    Sleep level 1 keeps a CPU copy of the weights; level 2 drops them, so every checkpoint
+    tensor must be pushed before each generation: `load_weights` checks that it was.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        eos_token_id: int,
+        pad_token_id: int,
+        device: str | torch.device = "cuda",
+        dtype: str = "bfloat16",
+        rank: int = 0,
+        world_size: int = 1,
+        gpu_memory_utilization: float = 0.4,
+        enforce_eager: bool = False,
+        max_num_seqs: int = 256,
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+        sleep_level: int = 1,
+        seed: int = 0,
+    ):
+        from vllm import LLM
+
+        if sleep_level not in SLEEP_LEVELS:
+            allowed = list(SLEEP_LEVELS)
+            raise ValueError(f"rollout.engine.vllm.sleep_level={sleep_level!r} is not allowed; choose one of {allowed}")
+        if world_size % tensor_parallel_size:
+            raise ValueError(
+                f"rollout.engine.vllm.tensor_parallel_size={tensor_parallel_size} "
+                f"must divide the {world_size} training ranks"
+            )
+        self.device = torch.device(device)
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self.sleep_level = sleep_level
+        self.expected_weights = checkpoint_weight_names(path)
+        # external_launcher reads the torchrun variables; Lightning's own launcher sets only some
+        os.environ.setdefault("RANK", str(rank))
+        os.environ.setdefault("LOCAL_RANK", str(self.device.index or 0))
+        os.environ.setdefault("WORLD_SIZE", str(world_size))
+        self.llm = LLM(
+            model=path,
+            dtype=dtype,
+            seed=seed,
+            skip_tokenizer_init=True,  # token ids in, token ids out
+            enable_sleep_mode=True,
+            distributed_executor_backend="external_launcher",
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=world_size // tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+        )
+        self.awake = set(check_tags(None))
+        self.sleep()
+
+    def sleep(self) -> None:
+        if self.awake:
+            self.llm.sleep(level=self.sleep_level)
+        self.awake.clear()
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        tags = [tag for tag in check_tags(tags) if tag not in self.awake]
+        if tags:
+            self.llm.wake_up(tags=tags)
+        self.awake.update(tags)
+
+    def reset_prefix_cache(self) -> None:
+        self.llm.reset_prefix_cache()
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Stream (Hugging Face name, tensor) pairs into the engine's model one at a time,
+        cast to the rollout dtype on the engine's device; vLLM maps q/k/v and gate/up onto its fused layers."""
+        if "weights" not in self.awake:
+            raise RuntimeError("load_weights called while the engine's weights sleep: call wake_up(['weights']) first")
+        pushed: list[str] = []
+
+        def stream(model):
+            dtype = next(model.parameters()).dtype
+            for name, tensor in named_tensors:
+                pushed.append(name)
+                yield name, tensor.to(self.device, dtype, non_blocking=True)
+
+        self.llm.apply_model(lambda model: model.load_weights(stream(model)))
+        missing = missing_weights(pushed, self.expected_weights)
+        if self.sleep_level == 2 and missing:
+            raise RuntimeError(
+                f"rollout.engine.vllm.sleep_level=2 discards the engine's weights, but this push left out {missing[:5]}"
+                f"{' …' if len(missing) > 5 else ''}: push every weight or use sleep_level=1"
+            )
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> Rollouts:
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.awake != {"weights", "kv_cache"}:
+            raise RuntimeError(f"generate needs weights and kv_cache awake, have {sorted(self.awake)}")
+        greedy = sampling.temperature == 0
+        # one seed per prompt (vLLM gives the n samples of a prompt seed, seed+1, …)
+        params = [
+            VLLMSamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=1.0 if greedy else sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=sampling.seed + i * sampling.n,
+                stop_token_ids=[self.eos_token_id],
+                logprobs=0,
+                detokenize=False,
+            )
+            for i in range(len(prompt_token_ids))
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
+        # vLLM's sampler may draw from the global generators: the trainer's streams stay untouched
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        rollouts = Rollouts(prompt_index=[], response_ids=[], logprobs=[])
+        for i, output in enumerate(outputs):
+            for completion in output.outputs:
+                ids = list(completion.token_ids)
+                rollouts.prompt_index.append(i)
+                rollouts.response_ids.append(ids)
+                rollouts.logprobs.append([step[token].logprob for step, token in zip(completion.logprobs, ids)])
+        return rollouts
