@@ -32,6 +32,8 @@ CHOICES = {
     "model.dtype": tuple(DTYPES),
     "model.attn_implementation": ATTENTION_CHOICES,
     "rollout.dtype": tuple(DTYPES),
+    "fsdp.param_dtype": (None, *DTYPES),
+    "fsdp.reduce_dtype": tuple(DTYPES),
     "rollout.engine.kind": ENGINE_KINDS,
     "kernels.backend": BACKENDS,
 }
@@ -81,7 +83,7 @@ def device_type(cfg: DictConfig) -> str:
 
 def build(cfg: DictConfig):
     validate(cfg)
-    resolve_engine(cfg.rollout.engine.kind, device_type(cfg))  # an engine that cannot run fails now
+    engine, _ = resolve_engine(cfg.rollout.engine.kind, device_type(cfg))  # an engine that cannot run fails now
     attention, reason = resolve_attention(cfg.model.attn_implementation, device_type(cfg))
     log.info("attention: %s (%s)", attention, reason)
     model_cfg = OmegaConf.merge(cfg.model, {"attn_implementation": attention})
@@ -93,6 +95,10 @@ def build(cfg: DictConfig):
         # a private RNG stream: a run behaves the same whether the base model was cached or built now
         with torch.random.fork_rng():
             ensure_tiny_base(cfg.model.path, task, cfg.data.template, **OmegaConf.to_container(cfg.model.pretrain))
+    if device_type(cfg) == "cuda":
+        from tinyzero.memory import check_at_startup
+
+        check_at_startup(cfg, engine)
     tokenizer = load_tokenizer(cfg.model.path)
     datamodule = PromptDataModule(task, tokenizer, **cfg.data)
     sampling = SamplingParams(
@@ -124,6 +130,7 @@ def build(cfg: DictConfig):
         cfg.algorithm,
         task,
         tokenizer,
+        fsdp=cfg.fsdp,
         kernels_backend=cfg.kernels.backend,
         rollout_temperature=cfg.rollout.temperature,
         seed=cfg.seed,

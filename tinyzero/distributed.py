@@ -7,13 +7,34 @@ from collections.abc import Iterator
 import torch
 
 
-def shard_fsdp2(model: torch.nn.Module, mesh) -> None:
-    """`fully_shard` each decoder layer, then the root (embeddings, norm, head)."""
+def fsdp2_policies(fsdp, role: str, device_type: str) -> dict:
+    """`fully_shard` keyword arguments for `role` ("policy", "critic" or "reference") from the
+    `fsdp` config: bf16 compute with fp32 gradient reduction, and CPU offload where asked."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+    from tinyzero.models.loading import resolve_dtype
+
+    kwargs = {}
+    if fsdp.param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=resolve_dtype(fsdp.param_dtype), reduce_dtype=resolve_dtype(fsdp.reduce_dtype)
+        )
+    key = "offload_reference" if role == "reference" else "offload_optimizer"
+    if fsdp[key]:
+        if device_type != "cuda":
+            raise ValueError(f"fsdp.{key}=true needs CUDA (FSDP2's CPUOffloadPolicy), the models are on {device_type}")
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
+    return kwargs
+
+
+def shard_fsdp2(model: torch.nn.Module, mesh, **policies) -> None:
+    """`fully_shard` each decoder layer, then the root (embeddings, norm, head): one layer's
+    weights are gathered at a time. `policies`: `mp_policy`, `offload_policy`."""
     from torch.distributed.fsdp import fully_shard
 
     for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **policies)
+    fully_shard(model, mesh=mesh, **policies)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

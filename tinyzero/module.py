@@ -42,13 +42,14 @@ class PPOModule(L.LightningModule):
         algorithm: DictConfig,
         task,
         tokenizer,
+        fsdp: DictConfig | None = None,
         kernels_backend: str = "torch",
         rollout_temperature: float = 1.0,
         seed: int = 0,
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.model_cfg, self.cfg = model, algorithm
+        self.model_cfg, self.cfg, self.fsdp_cfg = model, algorithm, fsdp
         self.task, self.tokenizer = task, tokenizer
         self.kernels_backend, self.rollout_temperature = kernels_backend, rollout_temperature
         self.use_critic = algorithm.adv_estimator == "gae"
@@ -79,11 +80,13 @@ class PPOModule(L.LightningModule):
                 if model is not None:
                     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.device_mesh is not None:
-            from tinyzero.distributed import shard_fsdp2
+            from tinyzero.distributed import fsdp2_policies, shard_fsdp2
 
-            for model in (self.policy, self.critic, self.reference):
+            device_type = self.trainer.strategy.root_device.type
+            for role, model in (("policy", self.policy), ("critic", self.critic), ("reference", self.reference)):
                 if model is not None:
-                    shard_fsdp2(model, self.device_mesh["data_parallel"])
+                    policies = fsdp2_policies(self.fsdp_cfg, role, device_type)
+                    shard_fsdp2(model, self.device_mesh["data_parallel"], **policies)
 
     def on_fit_start(self) -> None:
         # decided once, where the tensors will live
@@ -212,6 +215,7 @@ class PPOModule(L.LightningModule):
             optimizer.zero_grad()
             return sums, False
         optimizer.step()
+        optimizer.zero_grad()  # no gradients held while the engine generates
         return sums, True
 
     def update(self, batch: Batch, exp: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -1,0 +1,239 @@
+"""A per-GPU memory plan for a recipe: what the train phase and the generate phase hold.
+
+Estimates from the model's shape alone (no GPU needed), component by component, so a recipe
+that cannot fit is caught at start-up and a new one can be sized before it is launched.
+Train phase: FSDP2 shards (params, grads, AdamW's two moments) of policy and critic, the
+reference's shards, the gathered layers, and one micro-batch's activations and logits.
+Generate phase: what training keeps resident (no gradients) plus the engine's share.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+GIB = 2**30
+
+
+def dtype_bytes(name: str) -> int:
+    from tinyzero.models.loading import resolve_dtype
+
+    return torch.empty((), dtype=resolve_dtype(name)).element_size()
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs of a Qwen2-style config."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    tie_word_embeddings: bool
+
+    @classmethod
+    def of(cls, config) -> Shape:
+        return cls(
+            config.vocab_size,
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            bool(config.tie_word_embeddings),
+        )
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.hidden_size // self.num_heads
+
+    @property
+    def layer_params(self) -> int:
+        h, kv, inter = self.hidden_size, self.kv_dim, self.intermediate_size
+        attention = h * h + h + 2 * (h * kv + kv) + h * h  # q, k, v with biases; o without
+        return attention + 3 * h * inter + 2 * h  # gate, up, down; two RMSNorms
+
+    def params(self, head: str) -> int:
+        """All parameters with the LM head (`"lm"`, absent when tied) or a scalar value head (`"value"`)."""
+        body = self.vocab_size * self.hidden_size + self.num_layers * self.layer_params + self.hidden_size
+        if head == "value":
+            return body + self.hidden_size + 1
+        return body + (0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size)
+
+    def kv_cache_bytes_per_token(self, dtype: str) -> int:
+        return 2 * self.num_layers * self.kv_dim * dtype_bytes(dtype)
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per GPU, by component, for each phase."""
+
+    train: dict[str, float] = field(default_factory=dict)
+    generate: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def train_total(self) -> float:
+        return sum(self.train.values())
+
+    @property
+    def generate_total(self) -> float:
+        return sum(self.generate.values())
+
+    def table(self) -> str:
+        lines = []
+        for phase, parts, total in (
+            ("train", self.train, self.train_total),
+            ("generate", self.generate, self.generate_total),
+        ):
+            lines.append(f"{phase} phase: {total / GIB:.2f} GiB")
+            lines += [f"  {name:<38} {value / GIB:8.2f} GiB" for name, value in parts.items() if value]
+        return "\n".join(lines + self.notes)
+
+    def check(self, gpu_bytes: float) -> list[str]:
+        """One warning per phase that does not fit in `gpu_bytes`."""
+        return [
+            f"the {phase} phase needs about {total / GIB:.1f} GiB per GPU, "
+            f"more than the {gpu_bytes / GIB:.1f} GiB there"
+            for phase, total in (("train", self.train_total), ("generate", self.generate_total))
+            if total > gpu_bytes
+        ]
+
+
+def estimate_memory(
+    shape: Shape,
+    *,
+    world_size: int,
+    prompt_len: int,
+    response_len: int,
+    micro_batch: int,
+    log_prob_micro_batch: int,
+    use_critic: bool,
+    model_dtype: str,
+    param_dtype: str | None,
+    rollout_dtype: str,
+    gradient_checkpointing: bool,
+    offload_reference: bool,
+    offload_optimizer: bool,
+    kernels_backend: str,
+    engine: str,
+    engine_on_gpu: bool,
+    gpu_bytes: float,
+    gpu_memory_utilization: float,
+    tensor_parallel_size: int,
+    max_num_seqs: int,
+) -> MemoryPlan:
+    plan = MemoryPlan()
+    master, compute = dtype_bytes(model_dtype), dtype_bytes(param_dtype or model_dtype)
+    seq = prompt_len + response_len
+    h, inter, vocab = shape.hidden_size, shape.intermediate_size, shape.vocab_size
+    models = [("policy", shape.params("lm"))] + ([("critic", shape.params("value"))] if use_critic else [])
+    on_gpu = 0 if offload_optimizer else 1
+    for name, params in models:
+        plan.train[f"{name} params (sharded)"] = on_gpu * params * master / world_size
+        plan.train[f"{name} grads (sharded)"] = on_gpu * params * master / world_size
+        plan.train[f"{name} AdamW moments (sharded)"] = on_gpu * 2 * params * master / world_size
+    reference_on_gpu = 0 if offload_reference else 1
+    plan.train["reference params (sharded)"] = reference_on_gpu * shape.params("lm") * master / world_size
+    if world_size > 1:
+        # FSDP2 gathers the root (embeddings, head) for the whole pass and a layer (plus the next, prefetched)
+        root = shape.params("lm") - shape.num_layers * shape.layer_params
+        plan.train["gathered root + 2 layers"] = (root + 2 * shape.layer_params) * compute
+    tokens = micro_batch * seq
+    # saved per layer: norm outputs, q, k, v, attention and o outputs, residuals (h or kv wide), gate, up,
+    # act(gate), act·up (intermediate wide)
+    per_layer = tokens * (7 * h + 2 * shape.kv_dim + 4 * inter) * compute
+    if gradient_checkpointing:
+        plan.train["activations (checkpointed)"] = shape.num_layers * tokens * h * compute + per_layer
+    else:
+        plan.train["activations"] = shape.num_layers * per_layer
+    # logits for every position, then fp32 log-softmax, softmax and gradient of the response's
+    # (the Triton kernel writes the gradient over its input instead)
+    extra = 1 if kernels_backend == "triton" else 3
+    train_logits = micro_batch * (seq * vocab * compute + extra * response_len * vocab * 4)
+    experience_logits = log_prob_micro_batch * (seq * vocab * compute + 2 * response_len * vocab * 4)
+    plan.train["logits (largest micro-batch)"] = max(train_logits, experience_logits)
+    engine_weights = shape.params("lm") * dtype_bytes(rollout_dtype) / tensor_parallel_size
+    if not engine_on_gpu:
+        plan.train["engine weights (asleep, same memory)"] = engine_weights
+        plan.notes.append("the engine shares the trainer's memory (CPU): its weights stay resident while asleep")
+    # generating: training state stays resident, gradients do not (freed after each step)
+    for name, value in plan.train.items():
+        if "params" in name or "moments" in name:
+            plan.generate[name] = value
+    if engine == "vllm":
+        budget = gpu_memory_utilization * gpu_bytes
+        plan.generate["vLLM (gpu_memory_utilization)"] = budget
+        kv_tokens = (budget - engine_weights) / shape.kv_cache_bytes_per_token(rollout_dtype) * tensor_parallel_size
+        plan.notes.append(
+            f"vLLM KV cache: room for about {max(kv_tokens, 0):,.0f} tokens per engine "
+            f"({max(kv_tokens, 0) / seq:,.0f} sequences of {seq}; max_num_seqs={max_num_seqs})"
+        )
+    else:
+        plan.generate["engine weights"] = engine_weights
+        plan.generate["KV cache (max_num_seqs sequences)"] = (
+            max_num_seqs * seq * shape.kv_cache_bytes_per_token(rollout_dtype)
+        )
+    return plan
+
+
+def model_shape(model_cfg) -> Shape:
+    """From `model.architecture` when the recipe spells it out (planning without a download),
+    else from the checkpoint's config.json."""
+    from transformers import AutoConfig, Qwen2Config
+
+    if model_cfg.get("architecture"):
+        return Shape.of(Qwen2Config(**model_cfg.architecture))
+    return Shape.of(AutoConfig.from_pretrained(model_cfg.path))
+
+
+def world_size(cfg) -> int:
+    return int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+
+
+def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
+    """The memory plan of a composed training config, per GPU of `gpu_bytes`."""
+    shape, world_size_ = model_shape(cfg.model), world_size(cfg)
+    hf = cfg.rollout.engine.hf
+    vllm = cfg.rollout.engine.vllm
+    algorithm = cfg.algorithm
+    responses_per_rank = cfg.data.train_batch_size * cfg.rollout.n // world_size_
+    return estimate_memory(
+        shape,
+        world_size=world_size_,
+        prompt_len=cfg.data.max_prompt_length,
+        response_len=cfg.rollout.max_new_tokens,
+        micro_batch=min(algorithm.ppo_micro_batch_size, responses_per_rank),
+        log_prob_micro_batch=min(algorithm.log_prob_micro_batch_size, responses_per_rank),
+        use_critic=algorithm.adv_estimator == "gae",
+        model_dtype=cfg.model.dtype,
+        param_dtype=cfg.fsdp.param_dtype if world_size_ > 1 else None,
+        rollout_dtype=cfg.rollout.dtype,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        offload_reference=cfg.fsdp.offload_reference,
+        offload_optimizer=cfg.fsdp.offload_optimizer,
+        kernels_backend=cfg.kernels.backend,
+        engine=engine,
+        engine_on_gpu=cfg.trainer.accelerator in ("gpu", "cuda"),
+        gpu_bytes=gpu_bytes,
+        gpu_memory_utilization=vllm.gpu_memory_utilization,
+        tensor_parallel_size=vllm.tensor_parallel_size if engine == "vllm" else 1,
+        max_num_seqs=vllm.max_num_seqs if engine == "vllm" else min(hf.max_batch_size, responses_per_rank),
+    )
+
+
+def check_at_startup(cfg, engine: str) -> MemoryPlan:
+    """Log the plan for this GPU (or `gpu_memory_gib`) and warn for each phase that will not fit."""
+    gpu_bytes = cfg.gpu_memory_gib * GIB if cfg.gpu_memory_gib else torch.cuda.get_device_properties(0).total_memory
+    plan = plan_for(cfg, gpu_bytes, engine)
+    log.info("memory plan per GPU (%.0f GiB):\n%s", gpu_bytes / GIB, plan.table())
+    for warning in plan.check(gpu_bytes):
+        log.warning(
+            "%s: expect out-of-memory; see `python scripts/memory_plan.py` and the fsdp.offload_* switches", warning
+        )
+    return plan
