@@ -212,7 +212,8 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         log_prob_micro_batch=min(algorithm.log_prob_micro_batch_size, responses_per_rank),
         use_critic=algorithm.adv_estimator == "gae",
         model_dtype=cfg.model.dtype,
-        param_dtype=cfg.fsdp.param_dtype if world_size_ > 1 else None,
+        # the compute dtype: FSDP2's param_dtype when sharded, else bf16 under autocast
+        param_dtype=cfg.fsdp.param_dtype if world_size_ > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None),
         rollout_dtype=cfg.rollout.dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         offload_reference=cfg.fsdp.offload_reference,
