@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import QUICK, ROOT
 
-from tinyzero.distributed import fsdp2_policies, iter_full_weights, shard_fsdp2
+from tinyzero.distributed import fsdp2_policies, iter_full_weights, shard_fsdp2, share_prompts
 from tinyzero.memory import Shape, plan_for
 from tinyzero.models import load_critic, load_policy
 from tinyzero.models.attention import resolve_attention
@@ -68,12 +68,14 @@ def gather_on_rank(rank: int, path: str, init_file: str, out_dir: str) -> None:
         assert all(hasattr(p, "full_tensor") for p in policy.parameters()), "not sharded"
         local = {name: p.to_local().numel() for name, p in policy.named_parameters()}
         gathered = {name: tensor.clone() for name, tensor in iter_full_weights(policy, torch.bfloat16)}
-        torch.save({"local": local, "gathered": gathered}, os.path.join(out_dir, f"rank{rank}.pt"))
+        own = [[rank, i] for i in range(rank + 1)]  # rank 0 has one prompt, rank 1 two
+        shared = share_prompts(own, seed=100 + rank, group=dist.group.WORLD)
+        torch.save({"local": local, "gathered": gathered, "shared": shared}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_fsdp2_gather_equals_the_unsharded_model(tmp_path):
+def test_fsdp2_gather_equals_the_unsharded_model_and_tp_ranks_share_prompts(tmp_path):
     path = tmp_path / "model"
     build_tiny_model(
         50, 0, hidden_size=32, num_layers=2, intermediate_size=64, tie_word_embeddings=False
@@ -88,6 +90,10 @@ def test_fsdp2_gather_equals_the_unsharded_model(tmp_path):
         for name, param in whole.named_parameters():
             assert result["local"][name] < param.numel(), f"{name} was not sharded"
             assert torch.equal(result["gathered"][name], param.detach().to(torch.bfloat16)), name
+        # a tensor-parallel group runs every member's prompts with the first rank's seed
+        prompts, seed, start = result["shared"]
+        assert prompts == [[0, 0], [1, 0], [1, 1]] and seed == 100
+        assert prompts[start : start + rank + 1] == [[rank, i] for i in range(rank + 1)]
 
 
 def test_engine_choice_falls_back_to_transformers_with_a_reason(saved_model, caplog):

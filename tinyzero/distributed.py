@@ -53,3 +53,15 @@ def iter_full_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of every weight, for `save_pretrained` (tied weights keep both names)."""
     return {name: full_tensor(t.detach()).cpu() for name, t in model.state_dict().items()}
+
+
+def share_prompts(prompts: list, seed: int, group) -> tuple[list, int, int]:
+    """vLLM's tensor-parallel ranks must run identical requests: every prompt of the `group`
+    in rank order, the group's first rank's seed, and where this rank's own prompts start."""
+    import torch.distributed as dist
+
+    shares = [None] * dist.get_world_size(group)
+    dist.all_gather_object(shares, (list(prompts), seed), group=group)
+    me = dist.get_rank(group)
+    start = sum(len(share) for share, _ in shares[:me])
+    return [prompt for share, _ in shares for prompt in share], shares[0][1], start

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from tinyzero.distributed import share_prompts
 from tinyzero.rollout.base import Rollouts, SamplingParams, check_tags
 from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
 
@@ -80,6 +81,14 @@ class VLLMEngine:
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
         )
+        # a tensor-parallel group (consecutive ranks, vLLM's layout) generates one shared batch
+        self.group = None
+        if tensor_parallel_size > 1:
+            import torch.distributed as dist
+
+            starts = range(0, world_size, tensor_parallel_size)
+            groups = [dist.new_group(list(range(s, s + tensor_parallel_size)), backend="gloo") for s in starts]
+            self.group = groups[rank // tensor_parallel_size]
         self.awake = set(check_tags(None))
         self.sleep()
 
@@ -124,6 +133,10 @@ class VLLMEngine:
 
         if self.awake != {"weights", "kv_cache"}:
             raise RuntimeError(f"generate needs weights and kv_cache awake, have {sorted(self.awake)}")
+        own = len(prompt_token_ids)
+        prompt_token_ids, seed, start = list(prompt_token_ids), sampling.seed, 0
+        if self.group is not None:
+            prompt_token_ids, seed, start = share_prompts(prompt_token_ids, seed, self.group)
         greedy = sampling.temperature == 0
         # one seed per prompt (vLLM gives the n samples of a prompt seed, seed+1, …)
         params = [
@@ -132,7 +145,7 @@ class VLLMEngine:
                 temperature=sampling.temperature,
                 top_p=1.0 if greedy else sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
-                seed=sampling.seed + i * sampling.n,
+                seed=seed + i * sampling.n,
                 stop_token_ids=[self.eos_token_id],
                 logprobs=0,
                 detokenize=False,
@@ -144,7 +157,7 @@ class VLLMEngine:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         rollouts = Rollouts(prompt_index=[], response_ids=[], logprobs=[])
-        for i, output in enumerate(outputs):
+        for i, output in enumerate(outputs[start : start + own]):
             for completion in output.outputs:
                 ids = list(completion.token_ids)
                 rollouts.prompt_index.append(i)
