@@ -4,7 +4,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from tinyzero.build import build
+from tinyzero.build import build, resume_from
 from tinyzero.plotting import plot_run
 
 
@@ -12,7 +12,7 @@ from tinyzero.plotting import plot_run
 def main(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, workers=True)
     trainer, module, datamodule = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
     if trainer.is_global_zero and trainer.loggers:
         print(f"run directory: {cfg.paths.output_dir}\nlearning curves: {plot_run(cfg.paths.output_dir)}")
 

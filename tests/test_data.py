@@ -29,4 +29,4 @@ def test_read_rows_checks_columns_and_emptiness(tmp_path):
     with pytest.raises(ValueError, match=r"lacks columns \['b'\]"):
         read_rows(tmp_path / "bad.parquet", MultiplicationTask.columns)
     with pytest.raises(FileNotFoundError, match="make_data"):
-        read_rows(tmp_path / "missing.parquet", ("a",))
+        read_rows(tmp_path / "missing.parquet", {"a": "int"})

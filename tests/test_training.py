@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import QUICK, ROOT
 
-from tinyzero.build import build
+from tinyzero.build import build, resume_from
 from tinyzero.callbacks import RolloutCallback
 from tinyzero.datamodule import StepBatchSampler
 from tinyzero.models import load_critic, load_policy
@@ -50,7 +50,7 @@ def changed(before: torch.nn.Module, after: torch.nn.Module) -> bool:
 def fit(cfg):
     torch.manual_seed(cfg.seed)
     trainer, module, datamodule = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
     return trainer, module
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 from functools import partial
 
@@ -11,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from tinyzero import algorithms as alg
-from tinyzero.datamodule import PromptDataModule
+from tinyzero.checkpointing import resume_path
+from tinyzero.datamodule import OVERLONG_PROMPTS, PromptDataModule
 from tinyzero.logprobs import BACKENDS
 from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
 from tinyzero.models.loading import DTYPES, load_tokenizer
@@ -32,6 +34,7 @@ CHOICES = {
     "model.dtype": tuple(DTYPES),
     "model.attn_implementation": ATTENTION_CHOICES,
     "rollout.dtype": tuple(DTYPES),
+    "data.overlong_prompts": OVERLONG_PROMPTS,
     "fsdp.param_dtype": (None, *DTYPES),
     "fsdp.reduce_dtype": tuple(DTYPES),
     "rollout.engine.kind": ENGINE_KINDS,
@@ -136,3 +139,13 @@ def build(cfg: DictConfig):
         seed=cfg.seed,
     )
     return trainer, module, datamodule
+
+
+def resume_from(cfg: DictConfig) -> str | None:
+    """`ckpt_path` made safe: a given checkpoint is verified whole; `last` is the newest good one in
+    this run's checkpoint folder or an earlier run of the same `run_name` (None on a first launch)."""
+    directories = [
+        cfg.callbacks.checkpoint.dirpath,
+        *glob.glob(f"{cfg.paths.log_dir}/runs/{cfg.run_name}/*/checkpoints"),
+    ]
+    return resume_path(cfg.ckpt_path, directories)

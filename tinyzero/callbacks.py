@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from tinyzero.checkpointing import prune, publish
 from tinyzero.distributed import full_state_dict, iter_full_weights
 from tinyzero.experience import score_rollouts
 from tinyzero.rollout.base import RolloutEngine, SamplingParams
@@ -106,6 +109,9 @@ class RolloutCallback(L.Callback):
             self.evaluate(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
+        # a run stopped early (a signal) saves and leaves: no final evaluation in the grace period
+        if trainer.should_stop:
+            return
         if self.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["step"] != module.rl_step):
             self.evaluate(trainer, module)
 
@@ -155,10 +161,17 @@ def gpu_used_gib() -> float:
 
 class RLCheckpoint(L.Callback):
     """Saves `step_K.ckpt` every `every_n_steps` RL steps and at the end, plus the policy and
-    critic in Hugging Face format (`hf/step_K/{policy,critic}`), loadable with `from_pretrained`."""
+    critic in Hugging Face format (`hf/step_K/{policy,critic}`), loadable with `from_pretrained`.
 
-    def __init__(self, dirpath: str, every_n_steps: int = 100, save_hf: bool = True):
+    Each is written under a `.tmp` name and renamed into place once whole, so a kill during a
+    save leaves the previous checkpoints intact; `keep_last` keeps only the newest few.
+    """
+
+    def __init__(self, dirpath: str, every_n_steps: int = 100, save_hf: bool = True, keep_last: int | None = None):
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"callbacks.checkpoint.keep_last={keep_last} must be >= 1 or null (keep all)")
         self.dirpath, self.every_n_steps, self.save_hf = Path(dirpath), every_n_steps, save_hf
+        self.keep_last = keep_last
         self._last_saved: int | None = None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -172,15 +185,56 @@ class RLCheckpoint(L.Callback):
     def save(self, trainer, module) -> Path:
         step = module.rl_step
         path = self.dirpath / f"step_{step}.ckpt"
-        trainer.save_checkpoint(path)
+        temporary = path.with_name(path.name + ".tmp")
+        trainer.save_checkpoint(temporary)
+        export = self.dirpath / "hf" / f"step_{step}"
+        export_tmp = export.with_name(export.name + ".tmp")
         if self.save_hf:
             for name, model in (("policy", module.policy), ("critic", module.critic)):
                 if model is None:
                     continue
                 state = full_state_dict(model)
                 if trainer.is_global_zero:
-                    target = self.dirpath / "hf" / f"step_{step}" / name
-                    model.save_pretrained(target, state_dict=state)
-                    module.tokenizer.save_pretrained(target)
+                    model.save_pretrained(export_tmp / name, state_dict=state)
+                    module.tokenizer.save_pretrained(export_tmp / name)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            publish(temporary, path)
+            if self.save_hf:
+                publish(export_tmp, export)
+            if self.keep_last:
+                prune(self.dirpath, self.keep_last)
+        trainer.strategy.barrier()
         self._last_saved = step
         return path
+
+
+class StopOnSignal(L.Callback):
+    """SIGTERM / SIGUSR1 (SLURM's pre-emption notice) finish the current RL step, then stop the
+    run: `RLCheckpoint` saves at the end, and the script exits normally. Every rank stops together."""
+
+    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
+        unknown = [name for name in signals if not hasattr(signal, name)]
+        if unknown:
+            raise ValueError(f"callbacks.stop_on_signal.signals: {unknown} are not signals here")
+        self.signals = [getattr(signal, name) for name in signals]
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def on_train_start(self, trainer, module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.signals}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            name = signal.Signals(self.received).name if self.received else "a signal on another rank"
+            log.warning("%s received: stopping after step %d with a checkpoint", name, module.rl_step)
+            trainer.should_stop = True
+
+    def teardown(self, trainer, module, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

@@ -22,21 +22,42 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict]:
-    """Rows of a parquet file, checked to hold the task's `columns` and at least one row."""
+COLUMN_TYPES = {
+    "int": pa.types.is_integer,
+    "list[int]": lambda t: pa.types.is_list(t) and pa.types.is_integer(t.value_type),
+}
+
+
+def read_rows(path: str | Path, columns: dict[str, str]) -> list[dict]:
+    """Rows of a parquet file, checked to be readable, to hold the task's `columns` with their
+    types (`"int"`, `"list[int]"`) and no nulls, and to have at least one row."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist: run `python scripts/make_data.py` first")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"data file {path} is not a readable parquet file ({err})") from err
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ValueError(f"data file {path} lacks columns {missing} (has {table.column_names})")
     if table.num_rows == 0:
         raise ValueError(f"data file {path} has no rows")
+    wrong = {
+        c: str(table.schema.field(c).type)
+        for c, kind in columns.items()
+        if not COLUMN_TYPES[kind](table.schema.field(c).type)
+    }
+    if wrong:
+        needed = {c: columns[c] for c in wrong}
+        raise ValueError(f"data file {path} has column types {wrong}; the task needs {needed}")
+    nulls = {c: table.column(c).null_count for c in columns if table.column(c).null_count}
+    if nulls:
+        raise ValueError(f"data file {path} has empty values (nulls per column: {nulls})")
     return table.select(list(columns)).to_pylist()
 
 
-def hub_rows(name: str, split_sizes: dict[str, int], columns: tuple[str, ...]) -> dict[str, list[dict]]:
+def hub_rows(name: str, split_sizes: dict[str, int], columns: dict[str, str]) -> dict[str, list[dict]]:
     """Consecutive splits of a `datasets` data set (a hub name, or a local folder of parquet files).
 
     TinyZero takes the first 327 680 rows of Jiayi-Pan/Countdown-Tasks-3to4 for training and

@@ -14,23 +14,52 @@ from tinyzero.tasks import render_prompt
 log = logging.getLogger(__name__)
 
 
-class PromptSet(Dataset):
-    """Tokenized prompts with their ground truths; prompts over `max_prompt_length` are dropped and counted."""
+OVERLONG_PROMPTS = ("drop", "truncate", "error")
 
-    def __init__(self, task, tokenizer, rows: list[dict], template: str, max_prompt_length: int, split: str):
+
+class PromptSet(Dataset):
+    """Tokenized prompts with their ground truths. Prompts over `max_prompt_length` tokens are
+    dropped, truncated from the left (the end of a prompt cues the answer), or an error, as
+    `overlong` says; `num_overlong` counts them."""
+
+    def __init__(
+        self,
+        task,
+        tokenizer,
+        rows: list[dict],
+        template: str,
+        max_prompt_length: int,
+        split: str,
+        overlong: str,
+    ):
+        if overlong not in OVERLONG_PROMPTS:
+            raise ValueError(
+                f"data.overlong_prompts={overlong!r} is not allowed; choose one of {list(OVERLONG_PROMPTS)}"
+            )
         texts = [render_prompt(task.question(row), template) for row in rows]
         token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        overlong_rows = [i for i, ids in enumerate(token_ids) if len(ids) > max_prompt_length]
+        self.num_overlong = len(overlong_rows)
+        if overlong_rows and overlong == "error":
+            i = overlong_rows[0]
+            raise ValueError(
+                f"{split}: {len(overlong_rows)} of {len(rows)} prompts are longer than data.max_prompt_length="
+                f"{max_prompt_length} (row {i} has {len(token_ids[i])} tokens); raise the limit or set "
+                f"data.overlong_prompts to drop or truncate"
+            )
+        if overlong == "truncate":
+            token_ids = [ids[-max_prompt_length:] for ids in token_ids]
         self.items = [
             {"prompt_ids": ids, "ground_truth": task.ground_truth(row), "index": i}
             for i, (ids, row) in enumerate(zip(token_ids, rows))
             if len(ids) <= max_prompt_length
         ]
-        self.num_dropped = len(rows) - len(self.items)
-        if self.num_dropped:
+        if overlong_rows:
             log.warning(
-                "%s: dropped %d of %d prompts longer than data.max_prompt_length=%d",
+                "%s: %s %d of %d prompts longer than data.max_prompt_length=%d",
                 split,
-                self.num_dropped,
+                "truncated" if overlong == "truncate" else "dropped",
+                len(overlong_rows),
                 len(rows),
                 max_prompt_length,
             )
@@ -104,6 +133,7 @@ class PromptDataModule(L.LightningDataModule):
         seed: int,
         template: str,
         max_prompt_length: int,
+        overlong_prompts: str,
         train_batch_size: int,
         epochs: int,
         max_steps: int | None,
@@ -113,6 +143,7 @@ class PromptDataModule(L.LightningDataModule):
         self.dir, self.source, self.seed = dir, source, seed
         self.train_size, self.test_size = train_size, test_size
         self.template, self.max_prompt_length = template, max_prompt_length
+        self.overlong_prompts = overlong_prompts
         self.train_batch_size, self.epochs, self.max_steps = train_batch_size, epochs, max_steps
         self.train_set = self.test_set = None
 
@@ -131,6 +162,7 @@ class PromptDataModule(L.LightningDataModule):
                 self.template,
                 self.max_prompt_length,
                 split,
+                self.overlong_prompts,
             )
             for split in ("train", "test")
         )

@@ -27,7 +27,9 @@ def evaluate_checkpoint(
     tokenizer = load_tokenizer(checkpoint)
     paths = ensure_data(task, data_cfg.dir, data_cfg.source, data_cfg.train_size, data_cfg.test_size, data_cfg.seed)
     rows = read_rows(paths["test"], task.columns)
-    problems = PromptSet(task, tokenizer, rows, data_cfg.template, data_cfg.max_prompt_length, "test").items
+    problems = PromptSet(
+        task, tokenizer, rows, data_cfg.template, data_cfg.max_prompt_length, "test", data_cfg.overlong_prompts
+    ).items
     prompts = [p["prompt_ids"] for p in problems]
     truths = [p["ground_truth"] for p in problems]
     engine = HFEngine(checkpoint, tokenizer.eos_token_id, tokenizer.pad_token_id, device=device)

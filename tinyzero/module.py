@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -33,6 +35,17 @@ def chunks(indices: torch.Tensor, size: int) -> list[torch.Tensor]:
 def grad_norm_value(norm: torch.Tensor) -> float:
     """Total grad norm as a float; FSDP2 returns a DTensor that must be gathered first."""
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def numpy_rng_state() -> tuple:
+    """NumPy's global RNG state with its key array as a tensor: checkpoints load with `weights_only`."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian
+
+
+def set_numpy_rng_state(state: tuple) -> None:
+    name, keys, position, has_gauss, cached_gaussian = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
 class PPOModule(L.LightningModule):
@@ -63,6 +76,7 @@ class PPOModule(L.LightningModule):
         )
         self.shuffle = torch.Generator().manual_seed(seed)
         self.rl_step = 0
+        self.nonfinite_streak = {"actor": 0, "critic": 0}  # skipped updates in a row, per model
         self.policy = self.critic = self.reference = None
         self._rollouts: tuple[Rollouts, dict] | None = None
 
@@ -133,6 +147,11 @@ class PPOModule(L.LightningModule):
         scores, texts = score_rollouts(self.task, self.tokenizer, rollouts, prompts["ground_truth"])
         if not torch.isfinite(scores).all():
             raise ValueError(f"task {self.task.name} returned a non-finite reward")
+        low, high = min(0.0, self.task.format_score), 1.0
+        if ((scores < low) | (scores > high)).any():
+            raise ValueError(
+                f"task {self.task.name} returned rewards outside [{low}, {high}]: {scores.unique().tolist()}"
+            )
         mask = batch.response_mask.to(self.device)
         length = mask.sum(-1).long()
         R = batch.response_len
@@ -211,12 +230,28 @@ class PPOModule(L.LightningModule):
                 sums[key] = sums.get(key, 0.0) + float(value) * len(idx) / len(mini_idx)
         norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
         sums["grad_norm"] = norm
-        if not math.isfinite(norm):
+        if not all(math.isfinite(value) for value in sums.values()):
             optimizer.zero_grad()
             return sums, False
         optimizer.step()
         optimizer.zero_grad()  # no gradients held while the engine generates
         return sums, True
+
+    def count_nonfinite(self, name: str, stepped: bool, parts: dict[str, float]) -> None:
+        """A skipped update is logged; `algorithm.nonfinite_abort_after` of them in a row end the run."""
+        if stepped:
+            self.nonfinite_streak[name] = 0
+            return
+        self.nonfinite_streak[name] += 1
+        bad = {key: value for key, value in parts.items() if not math.isfinite(value)}
+        log.warning("step %d: skipped a %s update with non-finite %s", self.rl_step, name, bad)
+        limit = self.cfg.nonfinite_abort_after
+        if limit and self.nonfinite_streak[name] >= limit:
+            raise FloatingPointError(
+                f"aborting at step {self.rl_step}: {limit} {name} updates in a row had a non-finite loss or "
+                f"gradient ({bad}; algorithm.nonfinite_abort_after={limit}). Resume from the last checkpoint "
+                f"(ckpt_path=last) with a lower learning rate or tighter grad_clip."
+            )
 
     def update(self, batch: Batch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.cfg
@@ -284,6 +319,7 @@ class PPOModule(L.LightningModule):
                 for optimizer, model, losses_fn, name in steps:
                     parts, stepped = self._step(optimizer, model, losses_fn, mini_idx, batch, cfg.ppo_micro_batch_size)
                     skipped += not stepped
+                    self.count_nonfinite(name, stepped, parts)
                     parts[f"{name}/grad_norm"] = parts.pop("grad_norm")
                     for key, value in parts.items():
                         totals.setdefault(key, []).append(value)
@@ -324,6 +360,12 @@ class PPOModule(L.LightningModule):
             "rl_step": self.rl_step,
             "kl_ctrl": self.kl_ctrl.state_dict(),
             "shuffle": self.shuffle.get_state(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": numpy_rng_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -331,3 +373,9 @@ class PPOModule(L.LightningModule):
         self.rl_step = state["rl_step"]
         self.kl_ctrl.load_state_dict(state["kl_ctrl"])
         self.shuffle.set_state(state["shuffle"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        set_numpy_rng_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

@@ -33,6 +33,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at {path} has no EOS token: rollouts could never stop")
     if tokenizer.pad_token_id is None:
+        log.info("tokenizer at %s has no pad token: padding with EOS %r", path, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -67,7 +67,7 @@ class CountdownTask:
     every target is built from its numbers, so each problem has a solution.
     """
 
-    columns = ("target", "nums")
+    columns = {"target": "int", "nums": "list[int]"}  # what a data file must hold
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ def compute_score(solution_str: str, ground_truth: dict, format_score: float = 0
 class MultiplicationTask:
     """`a * b` with `a` of `digits_a` digits and `b` of `digits_b` digits."""
 
-    columns = ("a", "b")
+    columns = {"a": "int", "b": "int"}  # what a data file must hold
 
     def __init__(
         self,
