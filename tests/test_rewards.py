@@ -1,6 +1,8 @@
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tinyzero.tasks import countdown, multiplication
 from tinyzero.tasks.countdown import CountdownTask
@@ -147,3 +149,54 @@ def test_bad_task_config_names_the_key():
         CountdownTask(operations="+^")
     with pytest.raises(ValueError, match="task.question"):
         MultiplicationTask(question="long")
+
+
+# ---- property-based: any string, scored quickly, to one of the three values -------------------
+
+OPERATORS = ["+", "-", "*", "/", "**", "//", "%", "", " ", "^", "<<", "@", "and", "if", "lambda:"]
+ATOMS = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.sampled_from(["9**9**9", "1e308", "0", "0x10", "1_000", "()", "[]", "__import__('os')", "nan", "inf", "١٢"]),
+    st.text(max_size=8),
+)
+EXPRESSIONS = st.recursive(
+    ATOMS,
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(OPERATORS), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        inner.map(lambda e: f"-{e}"),
+    ),
+    max_leaves=25,
+)
+RESPONSES = st.one_of(
+    st.text(max_size=3000),
+    st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
+    st.builds(
+        lambda before, answer, after: f"{before}<answer>{answer}</answer>{after}",
+        st.text(max_size=60),
+        st.one_of(EXPRESSIONS, st.text(max_size=100)),
+        st.text(max_size=60),
+    ),
+    st.integers(0, 3000).map(lambda n: "<answer>" + "(" * n + "1" + ")" * n + "</answer>"),
+    st.integers(0, 3000).map(lambda n: "<answer>" * n + "2 * 3" + "</answer>" * n),
+    st.integers(0, 20000).map(lambda n: "<answer>" + "9" * n + "</answer>"),
+    st.integers(0, 500).map(lambda n: "<answer>" + "2**" * n + "2</answer>"),
+)
+HYPOTHESIS = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+
+
+@HYPOTHESIS
+@given(
+    response=RESPONSES,
+    target=st.integers(-1000, 1000),
+    numbers=st.lists(st.integers(-5, 100), min_size=1, max_size=5),
+)
+def test_countdown_score_of_any_string(response, target, numbers):
+    score = timed_score(countdown.compute_score, response, {"target": target, "numbers": numbers})
+    assert score in (0.0, 0.1, 1.0)
+
+
+@HYPOTHESIS
+@given(response=RESPONSES, product=st.integers(-(10**12), 10**12))
+def test_multiplication_score_of_any_string(response, product):
+    score = timed_score(multiplication.compute_score, response, {"product": product})
+    assert score in (0.0, 0.1, 1.0)

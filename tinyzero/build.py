@@ -119,7 +119,8 @@ def build(cfg: DictConfig):
         pad_token_id=tokenizer.pad_token_id,
         dtype=cfg.rollout.dtype,
         attn_implementation=model_cfg.attn_implementation,
-        max_model_len=cfg.data.max_prompt_length + cfg.rollout.max_new_tokens,
+        max_model_len=cfg.data.max_prompt_length
+        + max(cfg.rollout.max_new_tokens, cfg.callbacks.rollout.eval_max_new_tokens or 0),
         seed=cfg.seed,
     )
     callbacks = []

@@ -369,6 +369,9 @@ class PPOModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A checkpoint of a run's last step says its epoch's data ran out; a resumed run with more
+        # steps must go on (its sampler starts at rl_step and yields nothing when the run is done).
+        checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"] = False
         state = checkpoint["tinyzero"]
         self.rl_step = state["rl_step"]
         self.kl_ctrl.load_state_dict(state["kl_ctrl"])

@@ -24,6 +24,8 @@ class SamplingParams:
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"rollout.n must be >= 1, got {self.n}")
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError(f"greedy sampling (temperature 0) would give rollout.n={self.n} identical responses")
         if self.temperature < 0:
             raise ValueError(f"rollout.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -38,7 +40,8 @@ class Rollouts:
 
     `prompt_index[i]` is the prompt that response `i` answers; `response_ids[i]` ends at
     (and includes) the first EOS when the engine stopped there; `logprobs[i]`, when the
-    engine computes them, are the sampling log-probs of those tokens.
+    engine computes them, are the log-probs of those tokens under the distribution they were
+    sampled from (after temperature and top-p).
     """
 
     prompt_index: list[int]

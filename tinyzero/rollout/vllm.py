@@ -2,9 +2,10 @@
 sharing the GPU with training and sleeping while the policy and critic update.
 
 `distributed_executor_backend="external_launcher"` makes each training process its own vLLM
-engine (vLLM reuses the process group Lightning or torchrun set up); ranks form vLLM's
-data-parallel groups of `tensor_parallel_size` GPUs each, and each group generates its own
-prompts. The engine is built before the trainer's models so vLLM profiles an empty GPU, then
+engine (vLLM reuses the process group Lightning or torchrun set up). With vLLM's own
+data-parallel size left at 1, consecutive groups of `tensor_parallel_size` ranks are
+independent engines (vLLM's "ExternalDP", as veRL uses it): each generates its own prompts,
+no lockstep between groups. The engine is built before the trainer's models so vLLM profiles an empty GPU, then
 sleeps: `gpu_memory_utilization` is the share of the GPU it takes back on each wake-up.
 """
 
@@ -12,8 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import socket
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from tinyzero.distributed import share_prompts
@@ -23,6 +28,22 @@ from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
 log = logging.getLogger(__name__)
 
 SLEEP_LEVELS = (1, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def preserved_rng(device: torch.device):
+    """Python's, NumPy's and torch's global generators as they were before the block."""
+    python, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy_state)
 
 
 class VLLMEngine:
@@ -63,24 +84,29 @@ class VLLMEngine:
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.sleep_level = sleep_level
         self.expected_weights = checkpoint_weight_names(path)
-        # external_launcher reads the torchrun variables; Lightning's own launcher sets only some
+        # external_launcher reads the torchrun variables; Lightning's own launcher sets only some, and
+        # a one-GPU run has no process group for vLLM to join, so it makes one (env://)
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("LOCAL_RANK", str(self.device.index or 0))
-        os.environ.setdefault("WORLD_SIZE", str(world_size))
-        self.llm = LLM(
-            model=path,
-            dtype=dtype,
-            seed=seed,
-            skip_tokenizer_init=True,  # token ids in, token ids out
-            enable_sleep_mode=True,
-            distributed_executor_backend="external_launcher",
-            tensor_parallel_size=tensor_parallel_size,
-            data_parallel_size=world_size // tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-        )
+        if not torch.distributed.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+        with preserved_rng(self.device):  # vLLM re-seeds the global generators while it builds
+            self.llm = LLM(
+                model=path,
+                dtype=dtype,
+                seed=seed,
+                skip_tokenizer_init=True,  # token ids in, token ids out
+                generation_config="vllm",  # stop on our EOS only, not generation_config.json's list
+                logprobs_mode="processed_logprobs",  # after temperature / top-p: what was sampled from
+                enable_sleep_mode=True,
+                distributed_executor_backend="external_launcher",
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+                max_num_seqs=max_num_seqs,
+                max_model_len=max_model_len,
+            )
         # a tensor-parallel group (consecutive ranks, vLLM's layout) generates one shared batch
         self.group = None
         if tensor_parallel_size > 1:

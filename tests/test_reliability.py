@@ -1,0 +1,222 @@
+"""Runs that die, stop, diverge or read bad input: resume exactly, keep their checkpoints, and fail clearly."""
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+from conftest import QUICK, ROOT
+from test_training import fit, read_metrics
+
+import tinyzero.algorithms as alg
+from tinyzero.build import build
+from tinyzero.checkpointing import CorruptCheckpointError, last_good_checkpoint, prune, resume_path, verify_checkpoint
+from tinyzero.tasks import CountdownTask
+
+VOLATILE = ("time/", "perf/", "memory/", "epoch", "step")
+
+
+def step_rows(run_dir) -> dict[int, dict[str, float]]:
+    """Metrics of each RL step, without timings."""
+    rows = {}
+    for row in read_metrics(run_dir):
+        if row.get("train/rl_step"):
+            values = {k: float(v) for k, v in row.items() if v != "" and not k.startswith(VOLATILE)}
+            rows[int(float(row["train/rl_step"]))] = values
+    return rows
+
+
+def test_resumed_run_logs_the_uninterrupted_runs_metrics(make_cfg, tmp_path):
+    """Stopped at step 2 and resumed, steps 3..5 log what a run that never stopped logs."""
+    common = ["callbacks.checkpoint.save_hf=false", "callbacks.checkpoint.every_n_steps=1", "algorithm.actor_lr=1e-3"]
+    whole = make_cfg("data.max_steps=5", *common, f"paths.output_dir={tmp_path}/whole")
+    L.seed_everything(whole.seed)
+    fit(whole)
+    first = make_cfg("data.max_steps=2", *common, f"paths.output_dir={tmp_path}/first")
+    L.seed_everything(first.seed)
+    fit(first)
+    L.seed_everything(123)  # the resumed run must not depend on the process's RNG state
+    resumed = make_cfg(
+        "data.max_steps=5",
+        *common,
+        f"ckpt_path={tmp_path}/first/checkpoints/step_2.ckpt",
+        f"paths.output_dir={tmp_path}/resumed",
+    )
+    fit(resumed)
+    want, got = step_rows(tmp_path / "whole"), step_rows(tmp_path / "resumed")
+    assert sorted(got) == [3, 4, 5]
+    for step in (3, 4, 5):
+        assert got[step].keys() == want[step].keys()
+        for key, value in want[step].items():
+            assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+
+
+def test_checkpoints_are_verified_and_last_skips_a_corrupt_one(make_cfg, tmp_path, caplog):
+    cfg = make_cfg("data.max_steps=3", "callbacks.checkpoint.every_n_steps=1", "callbacks.checkpoint.save_hf=false")
+    fit(cfg)
+    directory = tmp_path / "run" / "checkpoints"
+    for step in (1, 2, 3):
+        verify_checkpoint(directory / f"step_{step}.ckpt")
+    assert not list(directory.glob("*.tmp"))
+    # the newest is cut short, as a full disk or a copy interrupted would leave it
+    newest = directory / "step_3.ckpt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match="step_3.ckpt is truncated or corrupt"):
+        verify_checkpoint(newest)
+    with pytest.raises(CorruptCheckpointError, match="truncated or corrupt"):
+        resume_path(str(newest), [directory])
+    # one flipped byte inside a member fails its CRC
+    middle = directory / "step_2.ckpt"
+    data = bytearray(middle.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped = directory / "step_20.ckpt"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError):
+        verify_checkpoint(flipped)
+    with caplog.at_level(logging.WARNING, logger="tinyzero.checkpointing"):
+        assert last_good_checkpoint([directory]) == directory / "step_2.ckpt"
+    assert "skipping" in caplog.text and "step_20.ckpt" in caplog.text and "step_3.ckpt" in caplog.text
+    assert resume_path("last", [tmp_path / "empty"]) is None
+    with pytest.raises(FileNotFoundError):
+        resume_path(str(tmp_path / "nope.ckpt"), [directory])
+
+
+def test_keep_last_prunes_old_checkpoints_and_exports(make_cfg, tmp_path):
+    cfg = make_cfg("data.max_steps=4", "callbacks.checkpoint.every_n_steps=1", "callbacks.checkpoint.keep_last=2")
+    fit(cfg)
+    directory = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in directory.glob("step_*.ckpt")) == ["step_3.ckpt", "step_4.ckpt"]
+    assert sorted(p.name for p in (directory / "hf").iterdir()) == ["step_3", "step_4"]
+    assert prune(directory, 1) == [directory / "step_3.ckpt", directory / "hf" / "step_3"]
+
+
+def train_command(run_dir, *overrides):
+    return [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "train.py"),
+        *QUICK,
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+
+
+def shared_paths(cache_dir):
+    return [f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir}/data"]
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_ones_and_resumes(make_cfg, cache_dir, tmp_path):
+    build(make_cfg())  # the shared tiny model and data exist before the run starts
+    run_dir = tmp_path / "run"
+    directory = run_dir / "checkpoints"
+    command = train_command(
+        run_dir, *shared_paths(cache_dir), "data.max_steps=40", "callbacks.checkpoint.every_n_steps=1"
+    )
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    caught = None
+    deadline = time.monotonic() + 240
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            # arm once two checkpoints exist, then kill the moment a write is under way
+            if (directory / "step_2.ckpt").exists():
+                writing = list(directory.glob("step_*.ckpt.tmp")) + list((directory / "hf").glob("step_*.tmp"))
+                if writing:
+                    process.send_signal(signal.SIGKILL)
+                    caught = writing[0]
+                    break
+            time.sleep(0.0005)
+    finally:
+        process.kill()
+        process.wait()
+    assert caught is not None, f"no checkpoint write was caught in progress: {process.stderr.read()[-2000:]}"
+    killed_at = int(caught.name.split("_")[1].split(".")[0])
+    finished = sorted(int(p.name[5:-5]) for p in directory.glob("step_*.ckpt"))
+    assert finished and max(finished) <= killed_at and max(finished) >= killed_at - 1
+    for step in finished:
+        verify_checkpoint(directory / f"step_{step}.ckpt")  # every published checkpoint is whole
+    newest = max(finished)
+    result = subprocess.run(
+        train_command(run_dir, *shared_paths(cache_dir), f"data.max_steps={newest + 2}", "ckpt_path=last"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {directory / f'step_{newest}.ckpt'}" in result.stderr + result.stdout
+    verify_checkpoint(directory / f"step_{newest + 2}.ckpt")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_signal_saves_a_checkpoint_and_exits_cleanly(signum, make_cfg, cache_dir, tmp_path):
+    build(make_cfg())
+    run_dir = tmp_path / "run"
+    command = train_command(
+        run_dir, *shared_paths(cache_dir), "data.max_steps=200", "callbacks.rollout.dump_rollouts=true"
+    )
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "rollouts" / "step_1_rank_0.jsonl").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert f"{signal.Signals(signum).name} received: stopping after step" in stdout + stderr
+    saved = sorted(int(p.name[5:-5]) for p in (run_dir / "checkpoints").glob("step_*.ckpt"))
+    assert len(saved) == 1 and 1 <= saved[0] < 200
+    verify_checkpoint(run_dir / "checkpoints" / f"step_{saved[0]}.ckpt")
+    assert (run_dir / "checkpoints" / "hf" / f"step_{saved[0]}" / "policy" / "config.json").exists()
+
+
+def nan_policy_loss(calls_to_poison):
+    """The real policy loss, made NaN on the calls numbered in `calls_to_poison` (all if None)."""
+    real = alg.policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        pg_loss, clipfrac, approx_kl = real(*args, **kwargs)
+        if calls_to_poison is None or calls["n"] in calls_to_poison:
+            pg_loss = pg_loss * math.nan
+        return pg_loss, clipfrac, approx_kl
+
+    return poisoned
+
+
+def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monkeypatch, caplog):
+    # QUICK: 8 prompts, mini-batches of 4, two PPO epochs: four actor updates per step
+    monkeypatch.setattr(alg, "policy_loss", nan_policy_loss({1}))
+    cfg = make_cfg("data.max_steps=2", "callbacks.checkpoint.save_hf=false")
+    with caplog.at_level(logging.WARNING, logger="tinyzero.module"):
+        _, module = fit(cfg)
+    assert module.rl_step == 2
+    assert "step 0: skipped a actor update with non-finite {'actor/pg_loss': nan" in caplog.text
+    skipped = {step: row["train/skipped_updates"] for step, row in step_rows(cfg.paths.output_dir).items()}
+    assert skipped == {1: 1.0, 2: 0.0}
+    for param in module.policy.parameters():
+        assert torch.isfinite(param).all()
+
+    monkeypatch.setattr(alg, "policy_loss", nan_policy_loss(None))
+    cfg = make_cfg("data.max_steps=2", "algorithm.nonfinite_abort_after=3", "callbacks.checkpoint.save_hf=false")
+    with pytest.raises(FloatingPointError, match=r"aborting at step 0: 3 actor updates in a row had a non-finite"):
+        fit(cfg)
+
+
+class OutOfRangeTask(CountdownTask):
+    """A task whose reward escapes [0, 1], as a buggy custom reward would."""
+
+    def score(self, response: str, ground_truth: dict) -> float:
+        return 2.0
+
+
+def test_rewards_out_of_range_stop_the_run(make_cfg):
+    cfg = make_cfg("data.max_steps=1", "task._target_=test_reliability.OutOfRangeTask")
+    with pytest.raises(ValueError, match=r"returned rewards outside \[0.0, 1.0\]: \[2.0\]"):
+        fit(cfg)
