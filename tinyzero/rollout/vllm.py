@@ -179,8 +179,7 @@ class VLLMEngine:
             for i in range(len(prompt_token_ids))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
-        # vLLM's sampler may draw from the global generators: the trainer's streams stay untouched
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with preserved_rng(self.device):  # the trainer's generators are left as they were
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         rollouts = Rollouts(prompt_index=[], response_ids=[], logprobs=[])
         for i, output in enumerate(outputs[start : start + own]):
