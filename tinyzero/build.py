@@ -86,8 +86,9 @@ def device_type(cfg: DictConfig) -> str:
 
 def build(cfg: DictConfig):
     validate(cfg)
-    engine, _ = resolve_engine(cfg.rollout.engine.kind, device_type(cfg))  # an engine that cannot run fails now
-    attention, reason = resolve_attention(cfg.model.attn_implementation, device_type(cfg))
+    where = device_type(cfg)
+    engine, _ = resolve_engine(cfg.rollout.engine.kind, where)  # an engine that cannot run fails now
+    attention, reason = resolve_attention(cfg.model.attn_implementation, where)
     log.info("attention: %s (%s)", attention, reason)
     model_cfg = OmegaConf.merge(cfg.model, {"attn_implementation": attention})
     hf_logging.disable_progress_bar()  # one bar per weight load drowns Lightning's
@@ -98,7 +99,7 @@ def build(cfg: DictConfig):
         # a private RNG stream: a run behaves the same whether the base model was cached or built now
         with torch.random.fork_rng():
             ensure_tiny_base(cfg.model.path, task, cfg.data.template, **OmegaConf.to_container(cfg.model.pretrain))
-    if device_type(cfg) == "cuda":
+    if where == "cuda":
         from tinyzero.memory import check_at_startup
 
         check_at_startup(cfg, engine)

@@ -192,20 +192,16 @@ def model_shape(model_cfg) -> Shape:
     return Shape.of(AutoConfig.from_pretrained(model_cfg.path))
 
 
-def world_size(cfg) -> int:
-    return int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
-
-
 def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     """The memory plan of a composed training config, per GPU of `gpu_bytes`."""
-    shape, world_size_ = model_shape(cfg.model), world_size(cfg)
+    shape, ranks = model_shape(cfg.model), int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
     hf = cfg.rollout.engine.hf
     vllm = cfg.rollout.engine.vllm
     algorithm = cfg.algorithm
-    responses_per_rank = cfg.data.train_batch_size * cfg.rollout.n // world_size_
+    responses_per_rank = cfg.data.train_batch_size * cfg.rollout.n // ranks
     return estimate_memory(
         shape,
-        world_size=world_size_,
+        world_size=ranks,
         prompt_len=cfg.data.max_prompt_length,
         response_len=cfg.rollout.max_new_tokens,
         micro_batch=min(algorithm.ppo_micro_batch_size, responses_per_rank),
@@ -213,7 +209,7 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         use_critic=algorithm.adv_estimator == "gae",
         model_dtype=cfg.model.dtype,
         # the compute dtype: FSDP2's param_dtype when sharded, else bf16 under autocast
-        param_dtype=cfg.fsdp.param_dtype if world_size_ > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None),
+        param_dtype=cfg.fsdp.param_dtype if ranks > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None),
         rollout_dtype=cfg.rollout.dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         offload_reference=cfg.fsdp.offload_reference,

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -22,6 +20,7 @@ from tinyzero.behaviour import behaviour_rates
 from tinyzero.experience import Batch, pack, score_rollouts
 from tinyzero.logprobs import gae, resolve_backend, response_logprobs, response_values
 from tinyzero.models.loading import load_critic, load_policy
+from tinyzero.rng import global_rng_state, set_global_rng_state
 from tinyzero.rollout.base import Rollouts
 
 log = logging.getLogger(__name__)
@@ -35,17 +34,6 @@ def chunks(indices: torch.Tensor, size: int) -> list[torch.Tensor]:
 def grad_norm_value(norm: torch.Tensor) -> float:
     """Total grad norm as a float; FSDP2 returns a DTensor that must be gathered first."""
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-
-def numpy_rng_state() -> tuple:
-    """NumPy's global RNG state with its key array as a tensor: checkpoints load with `weights_only`."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian
-
-
-def set_numpy_rng_state(state: tuple) -> None:
-    name, keys, position, has_gauss, cached_gaussian = state
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
 class PPOModule(L.LightningModule):
@@ -323,8 +311,6 @@ class PPOModule(L.LightningModule):
                     parts[f"{name}/grad_norm"] = parts.pop("grad_norm")
                     for key, value in parts.items():
                         totals.setdefault(key, []).append(value)
-        if skipped:
-            log.warning("step %d: skipped %d updates with a non-finite gradient norm", self.rl_step, skipped)
         for scheduler in self.lr_schedulers() if self.use_critic else [self.lr_schedulers()]:
             scheduler.step()
         metrics = {key: sum(values) / len(values) for key, values in totals.items()}
@@ -360,12 +346,7 @@ class PPOModule(L.LightningModule):
             "rl_step": self.rl_step,
             "kl_ctrl": self.kl_ctrl.state_dict(),
             "shuffle": self.shuffle.get_state(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": numpy_rng_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": global_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -376,9 +357,4 @@ class PPOModule(L.LightningModule):
         self.rl_step = state["rl_step"]
         self.kl_ctrl.load_state_dict(state["kl_ctrl"])
         self.shuffle.set_state(state["shuffle"])
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        set_numpy_rng_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_global_rng_state(state["rng"])

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from tinyzero.distributed import share_prompts
+from tinyzero.rng import global_rng_state, set_global_rng_state
 from tinyzero.rollout.base import Rollouts, SamplingParams, check_tags
 from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
 
@@ -37,13 +36,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def preserved_rng(device: torch.device):
+def preserved_rng():
     """Python's, NumPy's and torch's global generators as they were before the block."""
-    python, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    state = global_rng_state()
+    try:
         yield
-    random.setstate(python)
-    np.random.set_state(numpy_state)
+    finally:
+        set_global_rng_state(state)
 
 
 class VLLMEngine:
@@ -91,7 +90,7 @@ class VLLMEngine:
         if not torch.distributed.is_initialized():
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
-        with preserved_rng(self.device):  # vLLM re-seeds the global generators while it builds
+        with preserved_rng():  # vLLM re-seeds the global generators while it builds
             self.llm = LLM(
                 model=path,
                 dtype=dtype,
@@ -179,7 +178,7 @@ class VLLMEngine:
             for i in range(len(prompt_token_ids))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
-        with preserved_rng(self.device):  # the trainer's generators are left as they were
+        with preserved_rng():  # the trainer's generators are left as they were
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         rollouts = Rollouts(prompt_index=[], response_ids=[], logprobs=[])
         for i, output in enumerate(outputs[start : start + own]):
