@@ -88,9 +88,7 @@ class RolloutCallback(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         timings = {"time/push_weights": self.push_weights(module)}
         # a fresh, reproducible seed per step and rank: resuming at step k samples as the first run did
-        sampling = replace(
-            self.sampling, seed=self.sampling.seed + 1_000_003 * module.rl_step + 7919 * trainer.global_rank
-        )
+        sampling = replace(self.sampling, seed=self.sampling.seed_at(module.rl_step, trainer.global_rank))
         start = time.perf_counter()
         memory = {} if module.device.type == "cuda" else None
         rollouts = self.generate(batch["prompt_ids"], sampling, memory)

@@ -10,10 +10,15 @@ import torch
 
 PHASES = ("weights", "kv_cache")
 
+# Sampling seeds: rank r at RL step s owns the 2**24 seeds from seed + (s · 2**16 + r) · 2**24, one
+# per sample, so no two samples of a run share one (ranks < 2**16; steps < 2**23 keep them in int64)
+SEED_BLOCK_BITS, SEED_RANK_BITS = 24, 16
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample: `n` responses per prompt; `temperature == 0` is greedy."""
+    """How to sample: `n` responses per prompt; `temperature == 0` is greedy; `seed` seeds the
+    run, and a step's rollouts take `replace(sampling, seed=sampling.seed_at(step, rank))`."""
 
     n: int = 1
     temperature: float = 1.0
@@ -33,20 +38,21 @@ class SamplingParams:
         if self.max_new_tokens < 1:
             raise ValueError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
+    def seed_at(self, step: int, rank: int) -> int:
+        """The first seed of `rank`'s block at RL `step` (see `SEED_BLOCK_BITS`)."""
+        return self.seed + (((step << SEED_RANK_BITS) + rank) << SEED_BLOCK_BITS)
+
 
 @dataclass
 class Rollouts:
     """Responses to a list of prompts, `n` per prompt, grouped by prompt.
 
     `prompt_index[i]` is the prompt that response `i` answers; `response_ids[i]` ends at
-    (and includes) the first EOS when the engine stopped there; `logprobs[i]`, when the
-    engine computes them, are the log-probs of those tokens under the distribution they were
-    sampled from (after temperature and top-p).
+    (and includes) the first EOS when the engine stopped there.
     """
 
     prompt_index: list[int]
     response_ids: list[list[int]]
-    logprobs: list[list[float]] | None = None
 
 
 @runtime_checkable

@@ -21,8 +21,8 @@ import torch
 
 from tinyzero.distributed import share_prompts
 from tinyzero.rng import global_rng_state, set_global_rng_state
-from tinyzero.rollout.base import Rollouts, SamplingParams, check_tags
-from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
+from tinyzero.rollout.base import SEED_BLOCK_BITS, Rollouts, SamplingParams, check_tags
+from tinyzero.rollout.weights import missing_weights
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,23 @@ def preserved_rng():
         set_global_rng_state(state)
 
 
+@contextmanager
+def preserved_torch_settings():
+    """torch's float32 matmul precision and CPU thread count as they were before the block:
+    building vLLM's worker sets both for the whole process ("highest"; 1 thread unless OMP_NUM_THREADS)."""
+    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.set_num_threads(threads)
+
+
 class VLLMEngine:
     """vLLM's `LLM` in sleep mode behind the rollout protocol.
 
-    Sleep level 1 keeps a CPU copy of the weights; level 2 drops them, so every checkpoint
-    tensor must be pushed before each generation: `load_weights` checks that it was.
+    Sleep level 1 keeps a CPU copy of the weights; level 2 drops them, so every parameter of
+    the engine's model must be loaded before each generation: `load_weights` checks that it was.
     """
 
     def __init__(
@@ -82,23 +94,30 @@ class VLLMEngine:
         self.device = torch.device(device)
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.sleep_level = sleep_level
-        self.expected_weights = checkpoint_weight_names(path)
         # external_launcher reads the torchrun variables; Lightning's own launcher sets only some, and
         # a one-GPU run has no process group for vLLM to join, so it makes one (env://)
         os.environ.setdefault("RANK", str(rank))
-        os.environ.setdefault("LOCAL_RANK", str(self.device.index or 0))
+        index = self.device.index or 0
+        local_rank = int(os.environ.setdefault("LOCAL_RANK", str(index)))
+        if local_rank != index:  # external_launcher builds the engine on cuda:LOCAL_RANK
+            raise ValueError(
+                f"vLLM would put this rank's engine on cuda:{local_rank} (LOCAL_RANK={local_rank}), "
+                f"but the rank trains on {self.device}: choose the GPUs with CUDA_VISIBLE_DEVICES "
+                "and give trainer.devices as a count, not a list of indices"
+            )
         if not torch.distributed.is_initialized():
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
-        with preserved_rng():  # vLLM re-seeds the global generators while it builds
+        # vLLM re-seeds the global generators and sets torch's matmul precision and threads while it builds
+        with preserved_rng(), preserved_torch_settings():
             self.llm = LLM(
                 model=path,
                 dtype=dtype,
                 seed=seed,
                 skip_tokenizer_init=True,  # token ids in, token ids out
                 generation_config="vllm",  # stop on our EOS only, not generation_config.json's list
-                logprobs_mode="processed_logprobs",  # after temperature / top-p: what was sampled from
                 enable_sleep_mode=True,
+                sleep_mode_offload_cudagraph=True,  # CUDA graphs' memory goes to CPU while asleep too
                 distributed_executor_backend="external_launcher",
                 tensor_parallel_size=tensor_parallel_size,
                 gpu_memory_utilization=gpu_memory_utilization,
@@ -136,16 +155,16 @@ class VLLMEngine:
         cast to the rollout dtype on the engine's device; vLLM maps q/k/v and gate/up onto its fused layers."""
         if "weights" not in self.awake:
             raise RuntimeError("load_weights called while the engine's weights sleep: call wake_up(['weights']) first")
-        pushed: list[str] = []
 
-        def stream(model):
+        def load(model) -> list[str]:
+            """The model's parameters (vLLM's names; a tied head is the embedding) this push left out.
+            A fused parameter (qkv_proj, gate_up_proj) counts as loaded once any of its parts is."""
             dtype = next(model.parameters()).dtype
-            for name, tensor in named_tensors:
-                pushed.append(name)
-                yield name, tensor.to(self.device, dtype, non_blocking=True)
+            stream = ((name, tensor.to(self.device, dtype, non_blocking=True)) for name, tensor in named_tensors)
+            loaded = model.load_weights(stream)
+            return missing_weights(loaded, {name for name, _ in model.named_parameters()})
 
-        self.llm.apply_model(lambda model: model.load_weights(stream(model)))
-        missing = missing_weights(pushed, self.expected_weights)
+        (missing,) = self.llm.apply_model(load)  # external_launcher: one worker per process
         if self.sleep_level == 2 and missing:
             raise RuntimeError(
                 f"rollout.engine.vllm.sleep_level=2 discards the engine's weights, but this push left out {missing[:5]}"
@@ -162,8 +181,13 @@ class VLLMEngine:
         prompt_token_ids, seed, start = list(prompt_token_ids), sampling.seed, 0
         if self.group is not None:
             prompt_token_ids, seed, start = share_prompts(prompt_token_ids, seed, self.group)
+        if len(prompt_token_ids) * sampling.n > 2**SEED_BLOCK_BITS:
+            raise ValueError(
+                f"{len(prompt_token_ids)} prompts × rollout.n={sampling.n} exceed the 2**{SEED_BLOCK_BITS} "
+                "sampling seeds of an engine's step"
+            )
         greedy = sampling.temperature == 0
-        # one seed per prompt (vLLM gives the n samples of a prompt seed, seed+1, …)
+        # one seed per prompt, within this step's block (vLLM gives the n samples of a prompt seed, seed+1, …)
         params = [
             VLLMSamplingParams(
                 n=sampling.n,
@@ -172,7 +196,6 @@ class VLLMEngine:
                 max_tokens=sampling.max_new_tokens,
                 seed=seed + i * sampling.n,
                 stop_token_ids=[self.eos_token_id],
-                logprobs=0,
                 detokenize=False,
             )
             for i in range(len(prompt_token_ids))
@@ -180,11 +203,9 @@ class VLLMEngine:
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         with preserved_rng():  # the trainer's generators are left as they were
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        rollouts = Rollouts(prompt_index=[], response_ids=[], logprobs=[])
+        rollouts = Rollouts(prompt_index=[], response_ids=[])
         for i, output in enumerate(outputs[start : start + own]):
             for completion in output.outputs:
-                ids = list(completion.token_ids)
                 rollouts.prompt_index.append(i)
-                rollouts.response_ids.append(ids)
-                rollouts.logprobs.append([step[token].logprob for step, token in zip(completion.logprobs, ids)])
+                rollouts.response_ids.append(list(completion.token_ids))
         return rollouts

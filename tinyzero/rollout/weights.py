@@ -1,4 +1,4 @@
-"""The names a rollout engine is sent: Hugging Face checkpoint keys, checked for completeness."""
+"""The weights a rollout engine is sent (Hugging Face checkpoint keys) and a push's completeness."""
 
 from __future__ import annotations
 
@@ -28,6 +28,6 @@ def checkpoint_weight_names(path: str | Path) -> set[str]:
     return names
 
 
-def missing_weights(pushed: Iterable[str], expected: set[str]) -> list[str]:
-    """Checkpoint tensors a push did not send: after a level-2 sleep they would hold garbage."""
-    return sorted(expected - set(pushed))
+def missing_weights(loaded: Iterable[str], expected: set[str]) -> list[str]:
+    """Parameters a push did not load: after a level-2 sleep they would hold garbage."""
+    return sorted(expected - set(loaded))
