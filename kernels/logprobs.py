@@ -19,7 +19,9 @@ from tinyzero.kernels._runtime import interpreting
 
 from tinyzero.logprobs import logprobs_and_entropy_torch as logprobs_and_entropy_reference  # noqa: F401
 
-FLOOR = -1.0e30  # finite stand-in for −inf: keeps exp(m_old − m_new) defined for all −inf rows
+# finite stand-in for −inf: keeps exp(m_old − m_new) defined for all −inf rows. A global read
+# inside @triton.jit must be a constexpr: the compiler refuses a plain float (the interpreter does not).
+FLOOR = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -101,11 +103,37 @@ def _backward_kernel(
                 tl.store(out + cols, grad.to(dlogits_ptr.dtype.element_ty), mask=in_row)
 
 
+GPU_BLOCK_V = (1024, 4096)  # the only vocabulary blocks a GPU launch uses (compile_all compiles each)
+
+
 def _launch_config(n_rows: int, vocab: int) -> tuple[int, int]:
     """(ROWS_PER_PROGRAM, BLOCK_V): many rows per program under the interpreter, whose cost is
-    per program; one row per program and wide blocks on a GPU."""
-    block_v = min(triton.next_power_of_2(vocab), 1024 if interpreting() else 4096)
-    return (64 if interpreting() else 1), block_v
+    per program; one row per program and wide blocks on a GPU (a short vocabulary is masked)."""
+    if interpreting():
+        return 64, min(triton.next_power_of_2(vocab), 1024)
+    return 1, GPU_BLOCK_V[0] if vocab <= GPU_BLOCK_V[0] else GPU_BLOCK_V[1]
+
+
+def compile_configurations():
+    """Every (kernel, signature, constexprs, options) a GPU launch from this file can compile."""
+    from tinyzero.kernels.compile_all import signature
+
+    for dtype in ("fp32", "bf16", "fp16"):
+        for block_v in GPU_BLOCK_V:
+            constexprs = {"ROWS_PER_PROGRAM": 1, "BLOCK_V": block_v}
+            forward = signature(
+                _forward_kernel, constexprs, logits_ptr=f"*{dtype}", labels_ptr="*i64", inv_temperature="fp32"
+            )
+            backward = signature(
+                _backward_kernel,
+                constexprs,
+                logits_ptr=f"*{dtype}",
+                labels_ptr="*i64",
+                dlogits_ptr=f"*{dtype}",
+                inv_temperature="fp32",
+            )
+            yield _forward_kernel, forward, constexprs, {}
+            yield _backward_kernel, backward, constexprs, {}
 
 
 def _check(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -20,3 +20,17 @@ def test_transformers_import_is_not_disturbed(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_package_level_kernel_exports(tmp_path):
+    code = (
+        "import tinyzero.kernels as k\n"
+        "from tinyzero.kernels import logprobs_and_entropy, gae, linear_logprobs_and_entropy\n"
+        "import sys\n"
+        "assert logprobs_and_entropy is sys.modules['tinyzero.kernels.logprobs'].logprobs_and_entropy\n"
+        "assert gae is sys.modules['tinyzero.kernels.gae'].gae and callable(linear_logprobs_and_entropy)\n"
+        "print(sorted(k.__all__))"
+    )
+    result = run(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['gae', 'linear_logprobs_and_entropy', 'logprobs_and_entropy']"

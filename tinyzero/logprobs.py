@@ -7,7 +7,7 @@ import logging
 import torch
 
 log = logging.getLogger(__name__)
-BACKENDS = ("torch", "triton")
+BACKENDS = ("auto", "torch", "triton")
 
 
 def logprobs_and_entropy_torch(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0):
@@ -23,22 +23,24 @@ def logprobs_and_entropy_torch(logits: torch.Tensor, labels: torch.Tensor, tempe
     return logprobs, entropy
 
 
-def resolve_backend(requested: str, device: torch.device) -> tuple[str, str]:
-    """The backend that will run on `device`, and why: Triton needs CUDA tensors (or the
-    interpreter, `TRITON_INTERPRET=1`) and an importable `triton`."""
+def resolve_backend(requested: str, device: torch.device | str) -> tuple[str, str]:
+    """The backend that will run on `device`, and why. `auto`: Triton on CUDA when triton imports,
+    else the torch reference; `triton` also runs on CPU under the interpreter (`TRITON_INTERPRET=1`,
+    slow: for tests); `torch` always the reference."""
     if requested not in BACKENDS:
         raise ValueError(f"kernels.backend must be one of {list(BACKENDS)}, got {requested!r}")
     if requested == "torch":
         return "torch", "kernels.backend=torch"
     from tinyzero.kernels._runtime import interpreting, triton_available
 
+    device_type = torch.device(device).type
     if not triton_available():
-        return "torch", "kernels.backend=triton but triton is not installed: using the torch reference"
-    if device.type == "cuda":
-        return "triton", "kernels.backend=triton on CUDA"
-    if interpreting():
+        return "torch", f"kernels.backend={requested} but triton is not installed: using the torch reference"
+    if device_type == "cuda":
+        return "triton", f"kernels.backend={requested} on CUDA"
+    if requested == "triton" and interpreting():
         return "triton", "kernels.backend=triton under TRITON_INTERPRET=1 (slow: for tests)"
-    return "torch", f"kernels.backend=triton but tensors are on {device.type}: using the torch reference"
+    return "torch", f"kernels.backend={requested} with tensors on {device_type}: using the torch reference"
 
 
 def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, backend: str = "torch"):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tinyzero.logprobs import resolve_backend
+
 log = logging.getLogger(__name__)
 GIB = 2**30
 
@@ -199,6 +201,7 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     vllm = cfg.rollout.engine.vllm
     algorithm = cfg.algorithm
     responses_per_rank = cfg.data.train_batch_size * cfg.rollout.n // ranks
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda")
     return estimate_memory(
         shape,
         world_size=ranks,
@@ -214,9 +217,9 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         offload_reference=cfg.fsdp.offload_reference,
         offload_optimizer=cfg.fsdp.offload_optimizer,
-        kernels_backend=cfg.kernels.backend,
+        kernels_backend=resolve_backend(cfg.kernels.backend, "cuda" if on_gpu else "cpu")[0],
         engine=engine,
-        engine_on_gpu=cfg.trainer.accelerator in ("gpu", "cuda"),
+        engine_on_gpu=on_gpu,
         gpu_bytes=gpu_bytes,
         gpu_memory_utilization=vllm.gpu_memory_utilization,
         tensor_parallel_size=vllm.tensor_parallel_size if engine == "vllm" else 1,
