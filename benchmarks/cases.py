@@ -1,6 +1,7 @@
 """Inputs and the functions benchmarked; module-level so a spawned process can import them."""
 
 import torch
+from tinyzero.kernels.linear_logprobs import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
 
 from tinyzero.algorithms import compute_gae
 from tinyzero.logprobs import logprobs_and_entropy_torch
@@ -18,6 +19,31 @@ def eager_logprobs_fwd_bwd(logits, labels):
     logprobs, entropy = logprobs_and_entropy_torch(logits, labels)
     (logprobs.sum() + entropy.sum()).backward()
     logits.grad = None
+
+
+def linear_logprob_inputs(n: int, hidden: int, vocab: int = VOCAB, dtype=torch.float32, device: str = "cpu"):
+    """hidden states `[n, hidden]` and an lm_head `[vocab, hidden]` (logits of std ≈ 1), labels `[n]`."""
+    states = torch.randn(n, hidden, dtype=dtype, device=device).requires_grad_(True)
+    weight = (torch.randn(vocab, hidden, device=device) / hidden**0.5).to(dtype).requires_grad_(True)
+    return states, weight, torch.randint(vocab, (n,), device=device)
+
+
+def fused_linear_fwd_bwd(hidden, weight, labels, chunk_tokens="auto", backend="torch"):
+    logprobs, entropy = linear_logprobs_and_entropy(hidden, weight, labels, chunk_tokens=chunk_tokens, backend=backend)
+    (logprobs.sum() + entropy.sum()).backward()
+    hidden.grad = weight.grad = None
+
+
+def unfused_linear_fwd_bwd(hidden, weight, labels, backend="torch"):
+    """Today's path: the whole `[N, V]` logits, then the log-prob + entropy of `backend`."""
+    if backend == "triton":
+        from tinyzero.kernels.logprobs import logprobs_and_entropy
+
+        logprobs, entropy = logprobs_and_entropy(hidden @ weight.T, labels)
+    else:
+        logprobs, entropy = linear_logprobs_and_entropy_reference(hidden, weight, labels)
+    (logprobs.sum() + entropy.sum()).backward()
+    hidden.grad = weight.grad = None
 
 
 def gae_inputs(batch: int, steps: int, device: str = "cpu"):
