@@ -59,11 +59,18 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _peak_rss_bytes() -> int:
+    # VmHWM, not getrusage's ru_maxrss: a spawned child's ru_maxrss starts at the parent's peak
+    # (fork copies the high-water mark and exec keeps it), which hid the child's own peak
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def _child(make_inputs, fn, queue):
     inputs = make_inputs()
     base = _rss_bytes()
     fn(*inputs)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    queue.put(_peak_rss_bytes() - base)
 
 
 def cpu_peak_extra_mib(make_inputs, fn) -> float:
