@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -64,6 +65,42 @@ def gae(token_rewards, values, response_mask, gamma: float, lam: float, backend:
     return compute_gae(token_rewards, values, response_mask, gamma, lam)
 
 
+@contextmanager
+def fused_lm_head(model: torch.nn.Module, labels: torch.Tensor, temperature: float, backend: str, chunk_tokens):
+    """Inside the block the model's `lm_head` returns `[B, R, 2]`: log p(label) and entropy for
+    `labels` `[B, R]`, from the hidden states of the last R+1 positions (`logits_to_keep=R+1`)
+    through `linear_logprobs_and_entropy`: no `[tokens, vocab]` logits.
+
+    The head runs inside the model's own forward, so under FSDP2 it reads `lm_head.weight` after
+    the root module's pre-forward all-gather: one gather per micro-batch, whatever the number of
+    chunks; tied to `embed_tokens`, the one parameter collects both gradients.
+    """
+    from tinyzero.kernels.linear_logprobs import linear_logprobs_and_entropy
+
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("kernels.fused_lm_head needs an lm_head without bias")
+    batch, response_len = labels.shape
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:  # [B, R+1, H] → [B, R, 2]
+        hidden = hidden_states[:, :-1].reshape(batch * response_len, -1)
+        device = hidden.device.type
+        # the matmul's dtype is autocast's when it is on; the chunks are cast explicitly, so the
+        # backward recomputes the logits exactly as the forward made them
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+        with torch.autocast(device, enabled=False):
+            logprobs, entropy = linear_logprobs_and_entropy(
+                hidden.to(dtype), head.weight.to(dtype), labels.reshape(-1), temperature, chunk_tokens, backend
+            )
+        return torch.stack((logprobs, entropy), dim=-1).view(batch, response_len, 2)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
+
+
 def response_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -72,22 +109,30 @@ def response_logprobs(
     temperature: float = 1.0,
     backend: str = "torch",
     with_entropy: bool = True,
+    fused_head: bool = False,
+    chunk_tokens: int | str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropy) of the last `response_len` tokens of `input_ids` `[B, P+R]`, each `[B, R]`.
 
-    Logits at position t predict token t+1, so the response's logits are at [−R−1, −1).
+    Position t predicts token t+1, so the response needs the hidden states at [−R−1, −1): the
+    model's head runs on the last R+1 positions only (`logits_to_keep`). `fused_head` replaces
+    the head's `[B, R+1, V]` logits with the chunked lm_head + log-prob kernel (`fused_lm_head`).
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).logits
-    logits = logits[:, -response_len - 1 : -1]
-    labels = input_ids[:, -response_len:]
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    labels = input_ids[:, -response_len:] if response_len else input_ids[:, :0]
     batch = labels.shape[0]
-    logprobs, entropy = logprobs_and_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), temperature, backend
-    )
-    return logprobs.view(batch, response_len), entropy.view(batch, response_len) if with_entropy else None
+    if fused_head:
+        with fused_lm_head(model, labels, temperature, backend, chunk_tokens):
+            out = model(**inputs, logits_to_keep=response_len + 1).logits
+        logprobs, entropy = out[..., 0], out[..., 1]
+    else:
+        logits = model(**inputs, logits_to_keep=response_len + 1).logits[:, :-1]
+        logprobs, entropy = logprobs_and_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), temperature, backend
+        )
+        logprobs, entropy = logprobs.view(batch, response_len), entropy.view(batch, response_len)
+    return logprobs, entropy if with_entropy else None
 
 
 def response_values(critic: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int):

@@ -227,6 +227,23 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     )
 
 
+def reset_phase_peak() -> None:
+    torch.cuda.reset_peak_memory_stats()
+
+
+def phase_peak(phase: str) -> dict[str, float]:
+    """The GPU's peak since `reset_phase_peak`, in GiB: `memory/<phase>_peak_gib` as nvidia-smi
+    counts it (PyTorch's peak reserved memory plus what lies outside PyTorch's allocator now: CUDA
+    context, libraries, NCCL, vLLM's pool), and the parts: tensors' peak and the outside share."""
+    free, total = torch.cuda.mem_get_info()
+    outside = max(total - free - torch.cuda.memory_reserved(), 0)
+    return {
+        f"memory/{phase}_peak_gib": (torch.cuda.max_memory_reserved() + outside) / GIB,
+        f"memory/{phase}_peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
+        f"memory/{phase}_outside_torch_gib": outside / GIB,
+    }
+
+
 def check_at_startup(cfg, engine: str) -> MemoryPlan:
     """Log the plan for this GPU (or `gpu_memory_gib`) and warn for each phase that will not fit."""
     gpu_bytes = cfg.gpu_memory_gib * GIB if cfg.gpu_memory_gib else torch.cuda.get_device_properties(0).total_memory
