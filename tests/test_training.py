@@ -259,6 +259,8 @@ def test_recipe_prints_with_cfg_job():
         "kl_coef: 0.001",
         "max_new_tokens: 1024",
         "Jiayi-Pan/Countdown-Tasks-3to4",
+        "ppo_mini_batch_size: 64",  # TinyZero's script since commit 96b4d57 ("Fix Ray OOM"; 128 before)
+        "ppo_micro_batch_size: 8",
     ):
         assert needle in result.stdout, needle
 

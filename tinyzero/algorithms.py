@@ -7,15 +7,19 @@ Shapes: `B` sequences, `T` response tokens. Every `[B, T]` tensor is right-padde
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "micro-batch-mean-token-mean")
 KL_KINDS = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
+MAX_LOG_RATIO = 20.0  # |log π/π'| before `exp`, as in veRL: e^20 is finite in fp32 and bf16
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    return (values * mask).sum() if dim is None else (values * mask).sum(dim)
+    """Σ m·x; padded positions are dropped with `where`, so an inf there never becomes 0·inf = NaN."""
+    kept = torch.where(mask.bool(), values, torch.zeros_like(values))
+    return kept.sum() if dim is None else kept.sum(dim)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -24,32 +28,55 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, mask, dim) / total.clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of the masked elements: Σ m (x − μ)² / (Σ m − 1)."""
-    mean = masked_mean(values, mask)
-    count = mask.sum()
-    return masked_sum((values - mean) ** 2, mask) / (count - 1).clamp(min=1)
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    sum_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(x − μ) / sqrt(σ² + eps) over the masked elements; μ is added back when `shift_mean` is False.
 
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − μ) / sqrt(σ² + eps) over the masked elements; μ is added back when `shift_mean` is False."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    `sum_ranks` sums a tensor over the data-parallel ranks (an all-reduce), so μ and σ² (unbiased,
+    two passes) are the global batch's; None: this batch's own.
+    """
+    total = sum_ranks or (lambda t: t)
+    count = total(mask.sum())
+    mean = total(masked_sum(values, mask)) / count.clamp(min=1)
+    var = total(masked_sum((values - mean) ** 2, mask)) / (count - 1).clamp(min=1)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     return whitened if shift_mean else whitened + mean
 
 
-def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Reduce a `[B, T]` per-token loss to a scalar.
+def aggregate_loss(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+) -> torch.Tensor:
+    """Reduce a `[B, T]` per-token loss to this batch's share of a mini-batch loss.
 
-    token-mean: Σ_bt m l / Σ_bt m; seq-mean-token-sum: mean_b Σ_t m l;
-    seq-mean-token-mean: mean_b (Σ_t m l / Σ_t m).
+    `num_tokens` / `num_seqs` count the valid tokens / sequences of the whole mini-batch (every
+    micro-batch, every rank: the all-reduced count over the rank count, since data-parallel
+    gradients are averaged), so the shares of all micro-batches sum to the mini-batch's loss
+    (as veRL's `agg_loss` with `batch_num_tokens`). None: this batch's own counts.
+
+    token-mean: Σ_bt m l / N_tok;  seq-mean-token-sum: Σ_b Σ_t m l / N_seq;
+    seq-mean-token-mean: Σ_b (Σ_t m l / Σ_t m) / N_seq;
+    micro-batch-mean-token-mean (TinyZero's veRL): (Σ_bt m l / Σ_bt m) · B / N_seq, a token mean
+    within each micro-batch, micro-batches weighted by their share of the sequences.
     """
+    tokens = mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1)
+    seqs = mask.shape[0] if num_seqs is None else num_seqs
     if mode == "token-mean":
-        return masked_mean(loss_mat, mask)
+        return masked_sum(loss_mat, mask) / tokens
     if mode == "seq-mean-token-sum":
-        return masked_sum(loss_mat, mask, dim=-1).mean()
+        return masked_sum(loss_mat, mask) / max(seqs, 1)
     if mode == "seq-mean-token-mean":
-        return masked_mean(loss_mat, mask, dim=-1).mean()
+        return masked_mean(loss_mat, mask, dim=-1).sum() / max(seqs, 1)
+    if mode == "micro-batch-mean-token-mean":
+        return masked_mean(loss_mat, mask) * mask.shape[0] / max(seqs, 1)
     raise ValueError(f"algorithm.loss_agg_mode must be one of {list(LOSS_AGG_MODES)}, got {mode!r}")
 
 
@@ -112,7 +139,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) ->
     """Per-token estimate of KL(π ‖ π_ref) from samples of π (Schulman, "Approximating KL").
 
     With log r = log π_ref − log π:  k1 = −log r,  k2 = ½ (log r)²,  k3 = (r − 1) − log r
-    (`low_var_kl` in veRL; clamped to [−10, 10] as there).
+    (`low_var_kl` in veRL; as there, log r is clamped to ±20 before `exp` and k3 to [−10, 10]).
     """
     if kind not in KL_KINDS:
         raise ValueError(f"algorithm.kl_penalty must be one of {sorted(KL_KINDS)}, got {kind!r}")
@@ -122,6 +149,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) ->
         return -log_ratio
     if kind == "k2":
         return 0.5 * log_ratio**2
+    log_ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     return torch.clamp(log_ratio.exp() - 1 - log_ratio, min=-10.0, max=10.0)
 
 
@@ -134,25 +162,29 @@ def policy_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float | None = None,
     loss_agg_mode: str = "token-mean",
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric clipping, all `[B, T]`.
 
-    ρ = π/π_old,  L = max(−A ρ, −A clip(ρ, 1 − ε_low, 1 + ε_high)); with dual-clip
-    (Ye et al. 2020) L = min(L, −A c) where A < 0. Returns (loss, clip fraction, approx KL
-    = mean(log π_old − log π)).
+    ρ = π/π_old (log ρ clamped to ±20, as in veRL),  L = max(−A ρ, −A clip(ρ, 1 − ε_low, 1 + ε_high));
+    with dual-clip (Ye et al. 2020) L = min(L, −A c) where A < 0. Returns (loss, clip fraction,
+    approx KL = mean(log π_old − log π)), each this batch's share of the mini-batch's value
+    (`num_tokens`, `num_seqs`: see `aggregate_loss`; the fraction and the KL are token means).
     """
-    log_ratio = logprobs - old_logprobs
+    log_ratio = (logprobs - old_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_ratio_low, 1 + clip_ratio_high)
     loss_mat = torch.maximum(unclipped, clipped)
-    clip_fraction = masked_mean((clipped > unclipped).float(), response_mask)
+    clip_fraction = aggregate_loss((clipped > unclipped).float(), response_mask, "token-mean", num_tokens)
     if clip_ratio_c is not None:
         if clip_ratio_c <= 1:
             raise ValueError(f"algorithm.clip_ratio_c must be > 1, got {clip_ratio_c}")
         loss_mat = torch.where(advantages < 0, torch.minimum(loss_mat, -advantages * clip_ratio_c), loss_mat)
-    approx_kl = masked_mean(-log_ratio, response_mask)
-    return aggregate_loss(loss_mat, response_mask, loss_agg_mode), clip_fraction.detach(), approx_kl.detach()
+    approx_kl = aggregate_loss(-log_ratio, response_mask, "token-mean", num_tokens)
+    loss = aggregate_loss(loss_mat, response_mask, loss_agg_mode, num_tokens, num_seqs)
+    return loss, clip_fraction.detach(), approx_kl.detach()
 
 
 def value_loss(
@@ -162,23 +194,31 @@ def value_loss(
     response_mask: torch.Tensor,
     clip_range_value: float = 0.5,
     loss_agg_mode: str = "token-mean",
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss, all `[B, T]`:  ½ max((V − R)², (V_old + clip(V − V_old, ±c) − R)²).
 
-    Returns (loss, fraction of tokens where the clipped term is the larger)."""
+    Returns (loss, fraction of tokens where the clipped term is the larger), each this batch's
+    share of the mini-batch's value (see `aggregate_loss`)."""
     clipped_values = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
     unclipped_loss = (values - returns) ** 2
     clipped_loss = (clipped_values - returns) ** 2
     loss_mat = 0.5 * torch.maximum(unclipped_loss, clipped_loss)
-    clip_fraction = masked_mean((clipped_loss > unclipped_loss).float(), response_mask)
-    return aggregate_loss(loss_mat, response_mask, loss_agg_mode), clip_fraction.detach()
+    clip_fraction = aggregate_loss((clipped_loss > unclipped_loss).float(), response_mask, "token-mean", num_tokens)
+    loss = aggregate_loss(loss_mat, response_mask, loss_agg_mode, num_tokens, num_seqs)
+    return loss, clip_fraction.detach()
 
 
 def entropy_bonus(
-    entropy: torch.Tensor, response_mask: torch.Tensor, loss_agg_mode: str = "token-mean"
+    entropy: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
 ) -> torch.Tensor:
     """Mean token entropy H = −Σ_v p_v log p_v of the policy, `[B, T]` → scalar (subtracted from the loss)."""
-    return aggregate_loss(entropy, response_mask, loss_agg_mode)
+    return aggregate_loss(entropy, response_mask, loss_agg_mode, num_tokens, num_seqs)
 
 
 class FixedKLController:

@@ -135,6 +135,7 @@ def build(cfg: DictConfig):
         cfg.algorithm,
         task,
         tokenizer,
+        max_new_tokens=cfg.rollout.max_new_tokens,
         fsdp=cfg.fsdp,
         kernels_backend=cfg.kernels.backend,
         rollout_temperature=cfg.rollout.temperature,

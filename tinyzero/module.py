@@ -13,6 +13,7 @@ import time
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 
 from tinyzero import algorithms as alg
@@ -36,6 +37,17 @@ def grad_norm_value(norm: torch.Tensor) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
+def data_parallel_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Σ of `tensor` over the data-parallel ranks (in place; the tensor itself on one rank)."""
+    if data_parallel_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
 class PPOModule(L.LightningModule):
     def __init__(
         self,
@@ -43,6 +55,7 @@ class PPOModule(L.LightningModule):
         algorithm: DictConfig,
         task,
         tokenizer,
+        max_new_tokens: int,
         fsdp: DictConfig | None = None,
         kernels_backend: str = "torch",
         rollout_temperature: float = 1.0,
@@ -53,6 +66,7 @@ class PPOModule(L.LightningModule):
         self.model_cfg, self.cfg, self.fsdp_cfg = model, algorithm, fsdp
         self.task, self.tokenizer = task, tokenizer
         self.kernels_backend, self.rollout_temperature = kernels_backend, rollout_temperature
+        self.max_new_tokens = max_new_tokens  # rollout.max_new_tokens: a response this long was cut off
         self.use_critic = algorithm.adv_estimator == "gae"
         # KL to the reference is always measured (a kl_coef=0 run's drift is what a KL sweep asks
         # about); it enters the reward with β = kl_coef unless it is a loss term
@@ -149,11 +163,12 @@ class PPOModule(L.LightningModule):
                 model, ids, am, R, self.rollout_temperature, self.kernels_backend, with_entropy=False
             )[0]
 
-        self.policy.eval()
-        old_logprobs = self._evaluate_in_micro_batches(policy_logprobs(self.policy), batch, micro).float()
-        self.policy.train()
-        exp = {"old_logprobs": old_logprobs, "response_mask": mask}
+        exp = {"response_mask": mask}
         metrics = {}
+        if not self.on_policy(batch):
+            self.policy.eval()
+            exp["old_logprobs"] = self._evaluate_in_micro_batches(policy_logprobs(self.policy), batch, micro).float()
+            self.policy.train()
         exp["ref_logprobs"] = self._evaluate_in_micro_batches(policy_logprobs(self.reference), batch, micro).float()
         # the sparse reward sits on the last response token
         token_scores = torch.zeros_like(mask)
@@ -161,12 +176,14 @@ class PPOModule(L.LightningModule):
         token_scores[rows, length[rows] - 1] = scores.to(self.device)[rows]
         token_rewards = token_scores
         if self.kl_in_reward:
-            kl = alg.kl_penalty(old_logprobs, exp["ref_logprobs"], cfg.kl_penalty) * mask
+            kl = alg.kl_penalty(exp["old_logprobs"], exp["ref_logprobs"], cfg.kl_penalty) * mask
             token_rewards = token_scores - self.kl_ctrl.value * kl
-            current_kl = alg.masked_mean(kl, mask, dim=-1).mean().item()
-            metrics["kl/reward_kl"] = current_kl
+            # the global batch's mean over sequences, as veRL: β stays the same on every rank
+            per_sequence = alg.masked_mean(kl, mask, dim=-1)
+            kl_sum, sequences = sum_ranks(torch.stack([per_sequence.sum(), mask.new_tensor(len(mask))])).tolist()
+            metrics["kl/reward_kl"] = kl_sum / sequences
             metrics["kl/coef"] = self.kl_ctrl.value
-            self.kl_ctrl.update(current_kl, n_steps=len(scores))
+            self.kl_ctrl.update(kl_sum / sequences, n_steps=int(sequences))
         if self.use_critic:
             self.critic.eval()
             values = self._evaluate_in_micro_batches(
@@ -175,7 +192,7 @@ class PPOModule(L.LightningModule):
             self.critic.train()
             values = values.float() * mask
             advantages, returns = gae(token_rewards, values, mask, cfg.gamma, cfg.lam, self.kernels_backend)
-            advantages = alg.masked_whiten(advantages, mask) * mask
+            advantages = alg.masked_whiten(advantages, mask, sum_ranks=sum_ranks) * mask
             exp.update(values=values, returns=returns)
             metrics["critic/values_mean"] = alg.masked_mean(values, mask).item()
             metrics["critic/returns_mean"] = alg.masked_mean(returns, mask).item()
@@ -192,7 +209,7 @@ class PPOModule(L.LightningModule):
                 "score/format_rate": (scores > 0).float().mean().item(),
                 "response_length/mean": length.float().mean().item(),
                 "response_length/max": length.max().item(),
-                "response_length/clip_rate": (length >= R).float().mean().item() if R > 0 else 0.0,
+                "response_length/clip_rate": (length >= self.max_new_tokens).float().mean().item(),
                 "advantages/mean": alg.masked_mean(advantages, mask).item(),
                 "advantages/max": advantages[mask.bool()].max().item() if mask.any() else 0.0,
                 "advantages/min": advantages[mask.bool()].min().item() if mask.any() else 0.0,
@@ -204,18 +221,46 @@ class PPOModule(L.LightningModule):
         return batch, exp, metrics
 
     # ---- updates -------------------------------------------------------------------------
+    def mini_batch_rows(self, batch: Batch) -> int:
+        """Sequences per optimizer step on this rank: ppo_mini_batch_size counts prompts over all
+        ranks, and each rank updates on its share × n responses."""
+        responses_per_prompt = len(batch.input_ids) // max(1, len(set(batch.prompt_slot)))
+        return max(1, self.cfg.ppo_mini_batch_size // self.trainer.world_size) * responses_per_prompt
+
+    def on_policy(self, batch: Batch) -> bool:
+        """One epoch of one mini-batch: every forward of the update runs before its only optimizer
+        step, so the old log-probs are the update's own (detached) and need no pass of their own.
+        Not when the KL is in the reward: the reward needs the old log-probs before the update."""
+        one_step = self.cfg.ppo_epochs == 1 and self.mini_batch_rows(batch) >= len(batch.input_ids)
+        return one_step and not self.kl_in_reward
+
     def _step(self, optimizer, model, losses_fn, mini_idx, batch, micro) -> tuple[dict[str, float], bool]:
-        """One optimizer step over a mini-batch, accumulating gradients over micro-batches."""
+        """One optimizer step over a mini-batch, accumulating gradients over micro-batches.
+
+        Each micro-batch's loss is its share of the mini-batch's loss over all ranks (valid tokens
+        and sequences all-reduced, over the rank count since data-parallel gradients are
+        averaged), so the gradient does not depend on how the mini-batch is split.
+        """
         optimizer.zero_grad()
+        ranks = data_parallel_size()
+        counts = torch.tensor([batch.response_mask[mini_idx].sum().item(), len(mini_idx)], dtype=torch.float64)
+        num_tokens, num_seqs = (sum_ranks(counts.to(self.device)) / ranks).tolist()
         sums: dict[str, float] = {}
         for idx in chunks(mini_idx, micro):
             with self.autocast():
                 loss, parts = losses_fn(
-                    idx, batch.input_ids[idx].to(self.device), batch.attention_mask[idx].to(self.device)
+                    idx,
+                    batch.input_ids[idx].to(self.device),
+                    batch.attention_mask[idx].to(self.device),
+                    num_tokens,
+                    num_seqs,
                 )
-            self.manual_backward(loss * len(idx) / len(mini_idx))
+            self.manual_backward(loss)
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(idx) / len(mini_idx)
+                sums[key] = sums.get(key, 0.0) + value
+        # the global mini-batch's values, the same on every rank (so is the decision to skip)
+        values = sum_ranks(torch.tensor(list(sums.values()), device=self.device, dtype=torch.float64)) / ranks
+        sums = dict(zip(sums, values.tolist()))
         norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
         sums["grad_norm"] = norm
         if not all(math.isfinite(value) for value in sums.values()):
@@ -245,20 +290,19 @@ class PPOModule(L.LightningModule):
         cfg = self.cfg
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        n = len(batch.input_ids)
-        # ppo_mini_batch_size counts prompts over all ranks; each rank updates on its share × n responses
-        responses_per_prompt = n // max(1, len(set(batch.prompt_slot)))
-        mini = max(1, cfg.ppo_mini_batch_size // self.trainer.world_size) * responses_per_prompt
-        update_policy = self.rl_step >= cfg.critic_warmup
+        n, mini = len(batch.input_ids), self.mini_batch_rows(batch)
+        # veRL counts steps from 1 and updates the actor once critic_warmup <= step
+        update_policy = self.rl_step + 1 >= cfg.critic_warmup
         R = batch.response_len
 
-        def actor_losses(idx, ids, am):
+        def actor_losses(idx, ids, am, num_tokens, num_seqs):
             logprobs, entropy = response_logprobs(
                 self.policy, ids, am, R, self.rollout_temperature, self.kernels_backend
             )
             mask = exp["response_mask"][idx]
+            old_logprobs = exp["old_logprobs"][idx] if "old_logprobs" in exp else logprobs.detach()
             pg_loss, clipfrac, approx_kl = alg.policy_loss(
-                exp["old_logprobs"][idx],
+                old_logprobs,
                 logprobs,
                 exp["advantages"][idx],
                 mask,
@@ -266,8 +310,10 @@ class PPOModule(L.LightningModule):
                 cfg.clip_ratio_high,
                 cfg.clip_ratio_c,
                 cfg.loss_agg_mode,
+                num_tokens,
+                num_seqs,
             )
-            entropy_loss = alg.entropy_bonus(entropy, mask, cfg.loss_agg_mode)
+            entropy_loss = alg.entropy_bonus(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs)
             loss = pg_loss - cfg.entropy_coeff * entropy_loss
             parts = {
                 "actor/pg_loss": pg_loss.item(),
@@ -277,12 +323,12 @@ class PPOModule(L.LightningModule):
             }
             if cfg.use_kl_loss:
                 kl = alg.kl_penalty(logprobs, exp["ref_logprobs"][idx], cfg.kl_loss_type)
-                kl_loss = alg.aggregate_loss(kl, mask, cfg.loss_agg_mode)
+                kl_loss = alg.aggregate_loss(kl, mask, cfg.loss_agg_mode, num_tokens, num_seqs)
                 loss = loss + cfg.kl_loss_coef * kl_loss
                 parts["actor/kl_loss"] = kl_loss.item()
             return loss, parts
 
-        def critic_losses(idx, ids, am):
+        def critic_losses(idx, ids, am, num_tokens, num_seqs):
             values = response_values(self.critic, ids, am, R)
             loss, clipfrac = alg.value_loss(
                 values,
@@ -291,6 +337,8 @@ class PPOModule(L.LightningModule):
                 exp["response_mask"][idx],
                 cfg.clip_range_value,
                 cfg.loss_agg_mode,
+                num_tokens,
+                num_seqs,
             )
             return loss, {"critic/value_loss": loss.item(), "critic/clipfrac": clipfrac.item()}
 
@@ -311,10 +359,14 @@ class PPOModule(L.LightningModule):
                     parts[f"{name}/grad_norm"] = parts.pop("grad_norm")
                     for key, value in parts.items():
                         totals.setdefault(key, []).append(value)
-        for scheduler in self.lr_schedulers() if self.use_critic else [self.lr_schedulers()]:
-            scheduler.step()
         metrics = {key: sum(values) / len(values) for key, values in totals.items()}
-        metrics["actor/lr"] = optimizers[0].param_groups[0]["lr"]
+        metrics["actor/lr"] = optimizers[0].param_groups[0]["lr"]  # the rate this step's updates used
+        schedulers = self.lr_schedulers() if self.use_critic else [self.lr_schedulers()]
+        # a scheduler counts its own model's updates: the actor's stands still during critic warm-up
+        if update_policy:
+            schedulers[0].step()
+        if self.use_critic:
+            schedulers[1].step()
         metrics["train/skipped_updates"] = skipped
         return metrics
 

@@ -14,14 +14,27 @@ QUESTION = (
     "for example <answer> (1 + 2) / 3 </answer>."
 )
 SHORT_QUESTION = "Using the numbers {numbers}, create an equation that equals {target}."
+# where the answer is read: the last complete <answer> anywhere, or only on the last line (TinyZero)
+ANSWER_SCOPES = ("anywhere", "last_line")
 
 
-def compute_score(solution_str: str, ground_truth: dict, format_score: float = 0.1, score: float = 1.0) -> float:
+def compute_score(
+    solution_str: str,
+    ground_truth: dict,
+    format_score: float = 0.1,
+    score: float = 1.0,
+    answer_scope: str = "anywhere",
+) -> float:
     """Reward of one response: 0 without an answer, `format_score` for a wrong or invalid
     equation, `score` when it uses each given number exactly once and equals the target.
 
     `solution_str` is the response text only; `ground_truth = {"target": int, "numbers": list[int]}`.
+    The answer is the last complete `<answer>…</answer>` anywhere in the response, or with
+    `answer_scope="last_line"` on its last line only, as TinyZero's `countdown.py` reads it (an
+    answer followed by a newline and more text scores 0 there).
     """
+    if answer_scope == "last_line" and isinstance(solution_str, str):
+        solution_str = solution_str.split("\n")[-1]
     equation = last_answer(solution_str)
     if equation is None:
         return 0.0
@@ -80,6 +93,7 @@ class CountdownTask:
         operations: str = "+-*/",
         question: str = "full",
         format_score: float = 0.1,
+        answer_scope: str = "anywhere",
     ):
         if not 2 <= min_count <= max_count:
             raise ValueError(f"task.min_count/max_count must satisfy 2 <= min <= max, got {min_count}, {max_count}")
@@ -87,6 +101,9 @@ class CountdownTask:
             raise ValueError(f"task.operations must be a non-empty subset of '+-*/', got {operations!r}")
         if question not in ("full", "short"):
             raise ValueError(f"task.question must be one of ['full', 'short'], got {question!r}")
+        if answer_scope not in ANSWER_SCOPES:
+            raise ValueError(f"task.answer_scope must be one of {list(ANSWER_SCOPES)}, got {answer_scope!r}")
+        self.answer_scope = answer_scope
         self.min_count, self.max_count = min_count, max_count
         self.min_number, self.max_number, self.max_target = min_number, max_number, max_target
         self.operations = operations
@@ -113,7 +130,7 @@ class CountdownTask:
         return {"target": int(row["target"]), "numbers": [int(n) for n in row["nums"]]}
 
     def score(self, response: str, ground_truth: dict) -> float:
-        return compute_score(response, ground_truth, format_score=self.format_score)
+        return compute_score(response, ground_truth, format_score=self.format_score, answer_scope=self.answer_scope)
 
     def random_answer(self, row: dict, rng: random.Random) -> str:
         """A well-formed answer that ignores the target: pre-training text, never a solution."""

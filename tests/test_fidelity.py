@@ -1,0 +1,242 @@
+"""Fidelity to veRL / TinyZero: loss aggregation over micro-batches and ranks, global-batch
+statistics, the clip rate, critic warm-up, and the on-policy shortcut (issue 12, points 1–5, 8)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import QUICK, ROOT
+from fidelity_helpers import whiten_on_rank
+from test_reliability import step_rows
+from test_training import fit
+
+import tinyzero.module as module_lib
+from tinyzero import algorithms as alg
+from tinyzero.build import build
+from tinyzero.callbacks import RolloutCallback
+
+FIXED = [
+    "rollout.engine._target_=fidelity_helpers.FixedEngine",
+    "task._target_=fidelity_helpers.ParityTask",
+    "callbacks.checkpoint.save_hf=false",
+]
+
+
+def probe(path) -> list[str]:
+    return ["+callbacks.probe._target_=fidelity_helpers.Probe", f"+callbacks.probe.path={path}"]
+
+
+def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    a, b = torch.cat([t.flatten().double() for t in a]), torch.cat([t.flatten().double() for t in b])
+    return ((a - b).norm() / a.norm()).item()
+
+
+def engine_of(trainer):
+    return next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback)).engine
+
+
+# ---- 1. token-mean over the whole mini-batch -------------------------------------------------
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(mode, make_cfg, tmp_path):
+    """16 sequences of random lengths in one mini-batch: 1, 2 and 4 micro-batches give the same
+    losses and gradients (relative 1e-6) for the policy and the critic."""
+    runs = {}
+    for micro in (16, 8, 4):
+        out = tmp_path / f"micro_{micro}"
+        cfg = make_cfg(
+            *FIXED,
+            *probe(out / "probe"),
+            "data.max_steps=1",
+            "algorithm.ppo_epochs=1",
+            "algorithm.ppo_mini_batch_size=8",
+            f"algorithm.ppo_micro_batch_size={micro}",
+            f"algorithm.loss_agg_mode={mode}",
+            "algorithm.grad_clip=1e9",
+            f"paths.output_dir={out}",
+        )
+        trainer, _ = fit(cfg)
+        lengths = [len(r) for r in engine_of(trainer).last.response_ids]
+        assert len(set(lengths)) > 2, "the test needs responses of different lengths"
+        runs[micro] = (step_rows(out)[1], torch.load(out / "probe" / "grads_step_1.pt"))
+    (metrics, grads), others = runs[16], [runs[8], runs[4]]
+    assert len(grads) == 2  # the policy's and the critic's first optimizer step
+    for other_metrics, other_grads in others:
+        for key in ("actor/pg_loss", "actor/entropy", "critic/value_loss", "actor/grad_norm", "critic/grad_norm"):
+            # abs: the pg loss is ~0 at ratio 1, advantages being whitened over the same tokens
+            assert other_metrics[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-7), key
+        for got, want in zip(other_grads, grads):
+            assert relative_error(want, got) < 1e-6
+
+
+# ---- 1, 2. two ranks train as one, and resume keeps β on every rank -----------------------------
+def run_two_ranks(tmp_path, name, *overrides, cache_dir):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONPATH": os.path.join(ROOT, "tests")}
+    args = [
+        *QUICK,
+        *FIXED,
+        *probe(tmp_path / name / "probe"),
+        "trainer=fsdp_cpu",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.data_dir={cache_dir}/data",
+        f"paths.output_dir={tmp_path}/{name}",
+        f"hydra.run.dir={tmp_path}/{name}",
+        *overrides,
+    ]
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / name / "probe"
+
+
+def read_probe(path, rank):
+    return json.loads((path / f"beta_rank_{rank}.json").read_text())
+
+
+def test_two_gloo_ranks_train_as_one_and_resume_keeps_beta_on_every_rank(make_cfg, cache_dir, tmp_path):
+    """PPO with an adaptive KL coefficient on the same rollouts: a 2-process FSDP2 (gloo) run has
+    the 1-process run's losses, gradients (token-mean over both ranks' tokens, advantages whitened
+    over the global batch) and β on every rank; resumed from step 1, each rank restores β."""
+    common = [
+        "data.max_steps=2",
+        "algorithm.ppo_epochs=1",
+        "algorithm.ppo_mini_batch_size=8",
+        "algorithm.ppo_micro_batch_size=4",
+        "algorithm.grad_clip=1e9",
+        "algorithm.kl_ctrl=adaptive",
+    ]
+    build(make_cfg())  # the shared tiny model exists before the ranks start
+    one = tmp_path / "one"
+    fit(make_cfg(*FIXED, *probe(one / "probe"), *common, f"paths.output_dir={one}"))
+    two = run_two_ranks(tmp_path, "two", *common, "callbacks.checkpoint.every_n_steps=1", cache_dir=cache_dir)
+    ckpt = tmp_path / "two" / "checkpoints" / "step_1.ckpt"
+    resumed = run_two_ranks(tmp_path, "resumed", *common, f"ckpt_path={ckpt}", cache_dir=cache_dir)
+
+    single = read_probe(one / "probe", 0)
+    assert single["step_1"] < single["start"]  # β moved: KL 0 at step 1 is below the target
+    for rank in (0, 1):
+        got = read_probe(two, rank)
+        for key in ("start", "step_1", "step_2"):
+            assert got[key] == pytest.approx(single[key], rel=1e-9), (rank, key)
+        restored = read_probe(resumed, rank)
+        assert restored["start"] == got["step_1"], rank
+        assert restored["step_2"] == pytest.approx(got["step_2"], rel=1e-9), rank
+    two_metrics = read_probe(two, 0)
+    for key in ("actor/pg_loss", "actor/grad_norm", "critic/value_loss", "critic/grad_norm", "kl/reward_kl"):
+        assert two_metrics[f"step_1/{key}"] == pytest.approx(single[f"step_1/{key}"], rel=1e-6, abs=1e-7), key
+        assert two_metrics[f"step_2/{key}"] == pytest.approx(single[f"step_2/{key}"], rel=1e-4, abs=1e-7), key
+    for got, want in zip(torch.load(two / "grads_step_1.pt"), torch.load(one / "probe" / "grads_step_1.pt")):
+        assert relative_error(want, got) < 1e-6
+
+
+def test_whitening_uses_the_global_batch_across_ranks():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(8, 6, generator=gen, dtype=torch.float64) * 3 + 1
+    values[:4] += 5  # the ranks' halves differ: per-rank statistics would whiten differently
+    mask = (torch.rand(8, 6, generator=gen) > 0.3).double()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(whiten_on_rank, args=(port, values, mask, results), nprocs=2)
+    got = torch.cat([results[0], results[1]])
+    torch.testing.assert_close(got * mask, alg.masked_whiten(values, mask) * mask)
+
+
+# ---- 3. clip rate --------------------------------------------------------------------------
+@pytest.mark.parametrize("longest, max_new_tokens", [(7, 8), (4, 4)])
+def test_clip_rate_counts_responses_that_reached_max_new_tokens(longest, max_new_tokens, make_cfg, tmp_path):
+    """Responses of at most 7 tokens under max_new_tokens=8 were never cut off: clip rate 0, not
+    the share of the batch's longest; under max_new_tokens=4, the share that reached 4."""
+    cfg = make_cfg(
+        *FIXED, f"+rollout.engine.longest={longest}", f"rollout.max_new_tokens={max_new_tokens}", "data.max_steps=1"
+    )
+    trainer, _ = fit(cfg)
+    lengths = [len(r) for r in engine_of(trainer).last.response_ids]
+    want = sum(length >= max_new_tokens for length in lengths) / len(lengths)
+    assert (want > 0) == (longest == max_new_tokens)
+    assert step_rows(cfg.paths.output_dir)[1]["response_length/clip_rate"] == pytest.approx(want)
+
+
+# ---- 5. critic warm-up ---------------------------------------------------------------------
+def test_critic_warmup_counts_steps_from_one_and_holds_the_actor_schedule(make_cfg):
+    """critic_warmup=2 (veRL: the actor updates once 2 <= step, steps counted from 1): step 1
+    updates only the critic, step 2 both; the actor's LR schedule starts at its first update."""
+    cfg = make_cfg("data.max_steps=2", "algorithm.critic_warmup=2", "algorithm.lr_warmup_steps=4")
+    trainer, _ = fit(cfg)
+    rows = step_rows(cfg.paths.output_dir)
+    assert "actor/pg_loss" not in rows[1] and "critic/value_loss" in rows[1]
+    assert "actor/pg_loss" in rows[2]
+    assert rows[2]["actor/lr"] == pytest.approx(cfg.algorithm.actor_lr / 4)  # warm-up's first value
+    actor, critic = (config.scheduler for config in trainer.lr_scheduler_configs)
+    assert (actor.last_epoch, critic.last_epoch) == (1, 2)
+
+
+# ---- 8. on-policy shortcut -----------------------------------------------------------------
+def count_policy_passes(monkeypatch, holder):
+    """Count response_logprobs calls on the policy: (experience passes, update passes)."""
+    real = module_lib.response_logprobs
+    calls = {"experience": 0, "update": 0}
+
+    def counted(model, *args, with_entropy=True, **kwargs):
+        if model is holder["module"].policy:
+            calls["update" if with_entropy else "experience"] += 1
+        return real(model, *args, with_entropy=with_entropy, **kwargs)
+
+    monkeypatch.setattr(module_lib, "response_logprobs", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "overrides, shortcut",
+    [
+        (["algorithm=grpo", "algorithm.ppo_epochs=1"], True),  # KL as a loss: the update's log-probs are the old
+        (["algorithm=grpo", "algorithm.ppo_epochs=2"], False),  # a second epoch needs the old ones
+        (["algorithm.ppo_epochs=1"], False),  # PPO, KL in the reward: the reward needs the old log-probs first
+    ],
+)
+def test_on_policy_shortcut_skips_the_old_logprob_pass_only_when_valid(
+    overrides, shortcut, make_cfg, monkeypatch, tmp_path
+):
+    """One epoch of one mini-batch: the old log-prob pass is skipped, and the update is the one
+    the separate pass gives (relative 1e-6)."""
+    results = {}
+    for name, allow in (("shortcut", True), ("separate", False)):
+        out = tmp_path / name
+        cfg = make_cfg(
+            *FIXED,
+            *overrides,
+            *probe(out / "probe"),
+            "data.max_steps=1",
+            "algorithm.ppo_mini_batch_size=8",
+            "algorithm.grad_clip=1e9",
+            f"paths.output_dir={out}",
+        )
+        trainer, module, datamodule = build(cfg)
+        holder = {"module": module}
+        calls = count_policy_passes(monkeypatch, holder)
+        if not allow:
+            monkeypatch.setattr(module, "on_policy", lambda batch: False)
+        torch.manual_seed(cfg.seed)
+        trainer.fit(module, datamodule=datamodule)
+        results[name] = (calls, step_rows(out)[1], torch.load(out / "probe" / "grads_step_1.pt"))
+        monkeypatch.undo()
+        if not shortcut:
+            break
+    calls, metrics, grads = results["shortcut"]
+    assert calls["experience"] == (0 if shortcut else 1)
+    if shortcut:
+        _, want_metrics, want_grads = results["separate"]
+        assert want_metrics["actor/pg_loss"] == pytest.approx(metrics["actor/pg_loss"], rel=1e-6)
+        assert metrics["actor/approx_kl"] == 0.0 and metrics["actor/clipfrac"] == 0.0
+        assert relative_error(want_grads[0], grads[0]) < 1e-6
