@@ -237,6 +237,8 @@ def run_train(*overrides, timeout=300, cwd=None):
         ("algorithm=dpo", "algorithm/dpo"),
         ("data.template=chat", "data.template='chat' is not allowed"),
         ("rollout.n=0", "rollout.n=0 must be a number >= 1"),
+        ("kernels.chunk_tokens=0", "kernels.chunk_tokens=0 must be 'auto' or an int >= 1"),
+        ("kernels.backend=cuda", "kernels.backend='cuda' is not allowed; choose one of ['auto', 'torch', 'triton']"),
     ],
 )
 def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
@@ -299,20 +301,25 @@ def test_fsdp2_two_process_run_splits_rollouts_across_ranks(tmp_path, cache_dir,
             assert all(indices.count(i) == cfg.rollout.n for i in set(indices))
 
 
-def test_triton_backend_gives_the_torch_losses(make_cfg, tmp_path):
-    """The PPO step with the Triton kernels (under the interpreter) matches the torch references."""
+def test_kernel_paths_give_the_eager_losses(make_cfg, tmp_path):
+    """The PPO step with the Triton kernels (under the interpreter) and with the fused lm_head
+    (no [tokens, vocab] logits) matches the eager, unfused reference."""
     logged = {}
-    for backend in ("torch", "triton"):
+    paths = {"eager": ("torch", False), "fused torch": ("torch", True), "triton": ("triton", False)}
+    paths["fused triton"] = ("triton", True)
+    for name, (backend, fused) in paths.items():
         cfg = make_cfg(
             "data.max_steps=1",
             f"kernels.backend={backend}",
-            f"paths.output_dir={tmp_path}/{backend}",
+            f"kernels.fused_lm_head={fused}",
+            "kernels.chunk_tokens=5",
+            f"paths.output_dir={tmp_path}/{name.replace(' ', '_')}",
             "callbacks.checkpoint.save_hf=false",
         )
         _, module = fit(cfg)
-        assert module.kernels_backend == backend
+        assert module.kernels_backend == backend and module.head_kernels["fused_head"] == fused
         row = next(r for r in read_metrics(cfg.paths.output_dir) if r.get("actor/pg_loss"))
-        logged[backend] = row
+        logged[name] = row
     for key in (
         "actor/pg_loss",
         "actor/entropy",
@@ -323,7 +330,11 @@ def test_triton_backend_gives_the_torch_losses(make_cfg, tmp_path):
         "critic/returns_mean",
         "actor/grad_norm",
     ):
-        assert float(logged["triton"][key]) == pytest.approx(float(logged["torch"][key]), rel=1e-4, abs=1e-6), key
+        for name in paths:
+            assert float(logged[name][key]) == pytest.approx(float(logged["eager"][key]), rel=1e-4, abs=1e-6), (
+                name,
+                key,
+            )
 
 
 def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -107,6 +108,31 @@ class MemoryPlan:
         ]
 
 
+# Calibration constants, each checked against measured peaks on a GPU (README, "Memory plan").
+CUDA_CONTEXT_BYTES = 0.75 * GIB  # context, kernels and libraries outside PyTorch's allocator
+ALLOCATOR_SLACK = 0.05  # reserved beyond allocated (block rounding, fragmentation), of the tensors
+# float32 [tokens, vocab] temporaries of the eager log-prob + entropy (`logprobs_and_entropy_torch`):
+# scaled logits, softmax, their product and the gradients of each, alive together at the peak
+EAGER_FLOAT32_COPIES = {"train": 5, "no_grad": 3}
+
+
+def head_bytes(
+    tokens: int, shape: Shape, compute: int, backend: str, fused: bool, chunk_tokens: int, training: bool
+) -> float:
+    """What the log-prob head adds over `tokens` response positions: a chunk of logits (and the
+    float32 weight-gradient accumulator) when fused; else the head's logits, the copy its reshape
+    makes, and the backend's temporaries (the Triton kernel's gradient, or the eager float32 copies)."""
+    vocab, hidden = shape.vocab_size, shape.hidden_size
+    if fused:
+        chunk = min(chunk_tokens, tokens) * vocab
+        per_chunk = chunk * compute + (0 if backend == "triton" else 2 * chunk * 4)  # torch: float32 z and p
+        return per_chunk + (vocab * hidden * (4 + compute) if training else 0)
+    logits = tokens * vocab * compute
+    if backend == "triton":
+        return logits * (4 if training else 2)  # + the gradient, and the zero-filled gradient of the slice
+    return 2 * logits + EAGER_FLOAT32_COPIES["train" if training else "no_grad"] * tokens * vocab * 4
+
+
 def estimate_memory(
     shape: Shape,
     *,
@@ -123,6 +149,8 @@ def estimate_memory(
     offload_reference: bool,
     offload_optimizer: bool,
     kernels_backend: str,
+    fused_head: bool,
+    chunk_tokens: int,
     engine: str,
     engine_on_gpu: bool,
     gpu_bytes: float,
@@ -130,57 +158,89 @@ def estimate_memory(
     tensor_parallel_size: int,
     max_num_seqs: int,
 ) -> MemoryPlan:
+    """Train phase: what stays resident (shards of params and AdamW moments, the reference, the
+    engine's weights on CPU) plus the largest of the transients that never coexist: a policy
+    micro-batch's backward, a critic's, an optimizer step, a log-prob pass. Generate phase: the
+    resident training state plus the engine's share."""
     plan = MemoryPlan()
     master, compute = dtype_bytes(model_dtype), dtype_bytes(param_dtype or model_dtype)
     seq = prompt_len + response_len
-    h, inter, vocab = shape.hidden_size, shape.intermediate_size, shape.vocab_size
+    h, inter = shape.hidden_size, shape.intermediate_size
     models = [("policy", shape.params("lm"))] + ([("critic", shape.params("value"))] if use_critic else [])
     on_gpu = 0 if offload_optimizer else 1
     for name, params in models:
         plan.train[f"{name} params (sharded)"] = on_gpu * params * master / world_size
-        plan.train[f"{name} grads (sharded)"] = on_gpu * params * master / world_size
         plan.train[f"{name} AdamW moments (sharded)"] = on_gpu * 2 * params * master / world_size
     reference_on_gpu = 0 if offload_reference else 1
     plan.train["reference params (sharded)"] = reference_on_gpu * shape.params("lm") * master / world_size
+    root = shape.params("lm") - shape.num_layers * shape.layer_params
     if world_size > 1:
         # FSDP2 gathers the root (embeddings, head) for the whole pass and a layer (plus the next, prefetched)
-        root = shape.params("lm") - shape.num_layers * shape.layer_params
         plan.train["gathered root + 2 layers"] = (root + 2 * shape.layer_params) * compute
-    tokens = micro_batch * seq
-    # saved per layer: norm outputs, q, k, v, attention and o outputs, residuals (h or kv wide), gate, up,
-    # act(gate), act·up (intermediate wide)
-    per_layer = tokens * (7 * h + 2 * shape.kv_dim + 4 * inter) * compute
-    if gradient_checkpointing:
-        plan.train["activations (checkpointed)"] = shape.num_layers * tokens * h * compute + per_layer
-    else:
-        plan.train["activations"] = shape.num_layers * per_layer
-    # logits for every position, then fp32 log-softmax, softmax and gradient of the response's
-    # (the Triton kernel writes the gradient over its input instead)
-    extra = 1 if kernels_backend == "triton" else 3
-    train_logits = micro_batch * (seq * vocab * compute + extra * response_len * vocab * 4)
-    experience_logits = log_prob_micro_batch * (seq * vocab * compute + 2 * response_len * vocab * 4)
-    plan.train["logits (largest micro-batch)"] = max(train_logits, experience_logits)
     engine_weights = shape.params("lm") * dtype_bytes(rollout_dtype) / tensor_parallel_size
     if not engine_on_gpu:
         plan.train["engine weights (asleep, same memory)"] = engine_weights
         plan.notes.append("the engine shares the trainer's memory (CPU): its weights stay resident while asleep")
+    resident = dict(plan.train)
+
+    tokens = micro_batch * seq
+    # saved per layer: norm outputs, q, k, v, attention and o outputs, residuals (h or kv wide), gate, up,
+    # act(gate), act·up (intermediate wide)
+    per_layer = tokens * (7 * h + 2 * shape.kv_dim + 4 * inter) * compute
+    activations = (
+        shape.num_layers * tokens * h * compute + per_layer if gradient_checkpointing else shape.num_layers * per_layer
+    )
+    # one GPU, float32 master weights under bf16 autocast: the bf16 copies of the weights a
+    # backward needs (the head's for the pass, a layer's at a time when checkpointed)
+    autocast_copies = 0.0
+    if world_size == 1 and compute < master:
+        layers = 1 if gradient_checkpointing else shape.num_layers
+        autocast_copies = (shape.vocab_size * h + layers * shape.layer_params) * compute
+    head = partial(head_bytes, shape=shape, compute=compute, backend=kernels_backend, fused=fused_head)
+    chunk = chunk_tokens
+    transients = {
+        "policy micro-batch backward (grads, activations, head, bf16 weights)": on_gpu
+        * shape.params("lm")
+        * master
+        / world_size
+        + activations
+        + head(micro_batch * response_len, chunk_tokens=chunk, training=True)
+        + autocast_copies,
+        "optimizer step (grads, AdamW's temporaries)": 2 * on_gpu * max(p for _, p in models) * master / world_size,
+        "log-prob pass (no grad)": log_prob_micro_batch * seq * h * compute * 2
+        + head(log_prob_micro_batch * response_len, chunk_tokens=chunk, training=False),
+    }
+    if use_critic:
+        transients["critic micro-batch backward (grads, activations)"] = (
+            on_gpu * shape.params("value") * master / world_size + activations + autocast_copies
+        )
+    largest = max(transients, key=transients.get)
+    plan.train[f"largest transient: {largest}"] = transients[largest]
+    plan.train["CUDA context and libraries"] = CUDA_CONTEXT_BYTES if engine_on_gpu else 0
+    plan.train["allocator slack"] = ALLOCATOR_SLACK * sum(plan.train.values())
+    plan.notes.append(
+        "train transients: "
+        + ", ".join(f"{name.split(' (')[0]} {value / GIB:.2f}" for name, value in transients.items())
+    )
+
     # generating: training state stays resident, gradients do not (freed after each step)
-    for name, value in plan.train.items():
-        if "params" in name or "moments" in name:
-            plan.generate[name] = value
+    plan.generate.update(resident)
+    plan.generate["CUDA context and libraries"] = plan.train["CUDA context and libraries"]
     if engine == "vllm":
         budget = gpu_memory_utilization * gpu_bytes
         plan.generate["vLLM (gpu_memory_utilization)"] = budget
         kv_tokens = (budget - engine_weights) / shape.kv_cache_bytes_per_token(rollout_dtype) * tensor_parallel_size
         plan.notes.append(
             f"vLLM KV cache: room for about {max(kv_tokens, 0):,.0f} tokens per engine "
-            f"({max(kv_tokens, 0) / seq:,.0f} sequences of {seq}; max_num_seqs={max_num_seqs})"
+            f"({max(kv_tokens, 0) / seq:,.0f} sequences of {seq}; max_num_seqs={max_num_seqs}); with "
+            "enforce_eager=false its CUDA graphs take part of that share (offloaded while asleep)"
         )
     else:
         plan.generate["engine weights"] = engine_weights
         plan.generate["KV cache (max_num_seqs sequences)"] = (
             max_num_seqs * seq * shape.kv_cache_bytes_per_token(rollout_dtype)
         )
+    plan.generate["allocator slack"] = ALLOCATOR_SLACK * sum(plan.generate.values())
     return plan
 
 
@@ -194,6 +254,14 @@ def model_shape(model_cfg) -> Shape:
     return Shape.of(AutoConfig.from_pretrained(model_cfg.path))
 
 
+def chunk_tokens(setting: int | str, vocab: int, dtype: str) -> int:
+    """`kernels.chunk_tokens` in tokens: `auto` as the fused head resolves it."""
+    from tinyzero.kernels.linear_logprobs import auto_chunk_tokens
+    from tinyzero.models.loading import resolve_dtype
+
+    return auto_chunk_tokens(vocab, resolve_dtype(dtype)) if setting == "auto" else int(setting)
+
+
 def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     """The memory plan of a composed training config, per GPU of `gpu_bytes`."""
     shape, ranks = model_shape(cfg.model), int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
@@ -202,6 +270,8 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     algorithm = cfg.algorithm
     responses_per_rank = cfg.data.train_batch_size * cfg.rollout.n // ranks
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda")
+    # the compute dtype: FSDP2's param_dtype when sharded, else bf16 under autocast
+    param_dtype = cfg.fsdp.param_dtype if ranks > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None)
     return estimate_memory(
         shape,
         world_size=ranks,
@@ -211,13 +281,14 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         log_prob_micro_batch=min(algorithm.log_prob_micro_batch_size, responses_per_rank),
         use_critic=algorithm.adv_estimator == "gae",
         model_dtype=cfg.model.dtype,
-        # the compute dtype: FSDP2's param_dtype when sharded, else bf16 under autocast
-        param_dtype=cfg.fsdp.param_dtype if ranks > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None),
+        param_dtype=param_dtype,
         rollout_dtype=cfg.rollout.dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         offload_reference=cfg.fsdp.offload_reference,
         offload_optimizer=cfg.fsdp.offload_optimizer,
         kernels_backend=resolve_backend(cfg.kernels.backend, "cuda" if on_gpu else "cpu")[0],
+        fused_head=cfg.kernels.fused_lm_head,
+        chunk_tokens=chunk_tokens(cfg.kernels.chunk_tokens, shape.vocab_size, param_dtype or cfg.model.dtype),
         engine=engine,
         engine_on_gpu=on_gpu,
         gpu_bytes=gpu_bytes,

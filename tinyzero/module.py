@@ -58,6 +58,8 @@ class PPOModule(L.LightningModule):
         max_new_tokens: int,
         fsdp: DictConfig | None = None,
         kernels_backend: str = "torch",
+        fused_lm_head: bool = False,
+        chunk_tokens: int | str = "auto",
         rollout_temperature: float = 1.0,
         seed: int = 0,
     ):
@@ -66,6 +68,8 @@ class PPOModule(L.LightningModule):
         self.model_cfg, self.cfg, self.fsdp_cfg = model, algorithm, fsdp
         self.task, self.tokenizer = task, tokenizer
         self.kernels_backend, self.rollout_temperature = kernels_backend, rollout_temperature
+        # kernels.fused_lm_head: log-probs through the chunked lm_head kernel, never [tokens, vocab] logits
+        self.head_kernels = {"fused_head": fused_lm_head, "chunk_tokens": chunk_tokens}
         self.max_new_tokens = max_new_tokens  # rollout.max_new_tokens: a response this long was cut off
         self.use_critic = algorithm.adv_estimator == "gae"
         # KL to the reference is always measured (a kl_coef=0 run's drift is what a KL sweep asks
@@ -108,6 +112,8 @@ class PPOModule(L.LightningModule):
         # decided once, where the tensors will live
         self.kernels_backend, reason = resolve_backend(self.kernels_backend, self.device)
         log.info("log-prob, entropy and GAE backend: %s (%s)", self.kernels_backend, reason)
+        if self.head_kernels["fused_head"]:
+            log.info("lm_head: fused with the log-prob (chunks of %s tokens)", self.head_kernels["chunk_tokens"])
 
     def configure_optimizers(self):
         def build(model, lr):
@@ -160,7 +166,14 @@ class PPOModule(L.LightningModule):
 
         def policy_logprobs(model):
             return lambda ids, am: response_logprobs(
-                model, ids, am, R, self.rollout_temperature, self.kernels_backend, with_entropy=False
+                model,
+                ids,
+                am,
+                R,
+                self.rollout_temperature,
+                self.kernels_backend,
+                with_entropy=False,
+                **self.head_kernels,
             )[0]
 
         exp = {"response_mask": mask}
@@ -297,7 +310,7 @@ class PPOModule(L.LightningModule):
 
         def actor_losses(idx, ids, am, num_tokens, num_seqs):
             logprobs, entropy = response_logprobs(
-                self.policy, ids, am, R, self.rollout_temperature, self.kernels_backend
+                self.policy, ids, am, R, self.rollout_temperature, self.kernels_backend, **self.head_kernels
             )
             mask = exp["response_mask"][idx]
             old_logprobs = exp["old_logprobs"][idx] if "old_logprobs" in exp else logprobs.detach()
