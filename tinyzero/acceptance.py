@@ -359,13 +359,14 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
 def stage_tiny_recipe(out: Path, small: bool) -> tuple[list[dict], bool]:
     overrides = ["experiment=countdown_tiny", "rollout.engine.kind=hf", "callbacks.progress_bar.refresh_rate=0"]
     if small:
-        # kernels under the interpreter, a short pre-training in a cache of its own
-        overrides += ["data.max_steps=3", "kernels.backend=triton", "callbacks.rollout.eval_every_n_steps=3"]
-        overrides += [f"paths.cache_dir={out}/cache", "model.pretrain.steps=10", "model.pretrain.num_texts=500"]
+        # a short pre-training in a cache of its own; kernels.backend=auto picks the torch reference
+        # on CPU (stage a runs the kernels under the interpreter)
+        overrides += ["data.max_steps=2", "callbacks.rollout.eval_every_n_steps=2"]
+        overrides += [f"paths.cache_dir={out}/cache", "model.pretrain.steps=2", "model.pretrain.num_texts=200"]
         overrides += ["data.test_size=16", f"paths.data_dir={out}/data", "data.train_size=500"]
         overrides += ["data.train_batch_size=8", "rollout.n=2", "algorithm.ppo_mini_batch_size=8"]
     else:
-        overrides += ["trainer=gpu", "data.max_steps=30", "callbacks.rollout.eval_every_n_steps=15"]
+        overrides += ["trainer=gpu", "data.max_steps=30", "callbacks.rollout.eval_every_n_steps=30"]
         overrides += [f"paths.data_dir={out}/data"]
     result, run_dir, smi_peak = train(out, "countdown_tiny", overrides)
     metrics = last_metrics(run_dir)
@@ -381,7 +382,7 @@ def stage_tiny_recipe(out: Path, small: bool) -> tuple[list[dict], bool]:
         "val_accuracy": {int(float(s)): round(a, 3) for s, a in sorted(accuracy.items(), key=lambda x: float(x[0]))},
         "nvidia_smi_peak_gib": round(smi_peak, 2),
     }
-    return [row], result.returncode == 0 and len(steps) == (3 if small else 30)
+    return [row], result.returncode == 0 and len(steps) == (2 if small else 30)
 
 
 # ---- (e) vLLM ------------------------------------------------------------------------------
