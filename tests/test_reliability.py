@@ -15,7 +15,7 @@ from conftest import QUICK, ROOT
 from test_training import fit, read_metrics
 
 import tinyzero.algorithms as alg
-from tinyzero.build import build
+from tinyzero.build import build, resume_from
 from tinyzero.checkpointing import CorruptCheckpointError, last_good_checkpoint, prune, resume_path, verify_checkpoint
 from tinyzero.tasks import CountdownTask
 
@@ -220,3 +220,33 @@ def test_rewards_out_of_range_stop_the_run(make_cfg):
     cfg = make_cfg("data.max_steps=1", "task._target_=test_reliability.OutOfRangeTask")
     with pytest.raises(ValueError, match=r"returned rewards outside \[0.0, 1.0\]: \[2.0\]"):
         fit(cfg)
+
+
+def checkpoints_under(root) -> list:
+    return sorted(root.glob("**/checkpoints/step_*.ckpt"))
+
+
+def test_last_resumes_only_a_checkpoint_saved_with_the_same_settings(make_cfg, cache_dir, tmp_path, caplog):
+    """Two runs of one `run_name`, a sweep's job and a single run with another kl_coef: `last` takes
+    neither's checkpoint for the other, and finds the sweep's for a run with its settings."""
+    build(make_cfg())
+    quick = [*QUICK, *shared_paths(cache_dir), "callbacks.checkpoint.save_hf=false"]
+
+    def run(*overrides):  # `--multirun` must come before the overrides
+        command = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *overrides, *quick]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    run("--multirun", "algorithm.kl_coef=0.01", "data.max_steps=2")  # outputs/multirun/test/<time>/0
+    [swept] = checkpoints_under(tmp_path / "outputs" / "multirun")
+    output = run("ckpt_path=last", "data.max_steps=3")  # the recipe's kl_coef=0.001
+    assert f"skipping {swept}, saved with other settings: algorithm.kl_coef: 0.01 -> 0.001" in output
+    assert "no checkpoint with this run's settings yet, starting fresh" in output
+    [single] = checkpoints_under(tmp_path / "outputs" / "runs")
+    assert single.name == "step_3.ckpt"
+    # the newest checkpoint is the single run's; a run with the sweep job's settings (and more steps) skips it
+    cfg = make_cfg("ckpt_path=last", "algorithm.kl_coef=0.01", "data.max_steps=4", f"paths.log_dir={tmp_path}/outputs")
+    with caplog.at_level(logging.INFO, logger="tinyzero.checkpointing"):
+        assert resume_from(cfg) == str(swept)
+    assert f"skipping {single}, saved with other settings: algorithm.kl_coef: 0.001 -> 0.01" in caplog.text

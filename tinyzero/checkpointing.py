@@ -1,5 +1,6 @@
 """Checkpoints that survive a kill: written beside their final name and renamed into place,
-checked before a resume, found again with `ckpt_path=last`, and pruned to the newest few."""
+checked before a resume, found again with `ckpt_path=last` (only a run's own: same settings), and
+pruned to the newest few."""
 
 from __future__ import annotations
 
@@ -11,8 +12,36 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import torch
+from omegaconf import DictConfig, OmegaConf
+
 log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step_(\d+)\.ckpt$")
+CONFIG_KEY = "tinyzero_config"  # where a checkpoint keeps the resolved config of the run that saved it
+# Keys (with everything under them) that do not change what a run computes, so `ckpt_path=last`
+# resumes across them: where files go, what is logged, printed or checkpointed, how often it
+# evaluates (greedy: no randomness), and how long it goes on (prompts are a function of the step and
+# the LR schedule has no end, so a finished run can be extended). Every other key must be equal.
+RUN_INDEPENDENT_KEYS = (
+    "run_name",
+    "ckpt_path",
+    "gpu_memory_gib",
+    "paths",
+    "logger",
+    "trainer.default_root_dir",
+    "data.epochs",
+    "data.max_steps",
+    "callbacks.checkpoint",
+    "callbacks.stop_on_signal",
+    "callbacks.progress_bar",
+    "callbacks.rollout.eval_every_n_steps",
+    "callbacks.rollout.eval_max_new_tokens",
+    "callbacks.rollout.print_samples_every_n_steps",
+    "callbacks.rollout.num_samples_printed",
+    "callbacks.rollout.dump_rollouts",
+    "callbacks.rollout.dump_dir",
+)
+ABSENT = "<absent>"
 
 
 class CorruptCheckpointError(ValueError):
@@ -43,11 +72,58 @@ def verify_checkpoint(path: str | Path) -> None:
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {bad_member} fails its CRC check")
 
 
-def last_good_checkpoint(directories: list[str | Path]) -> Path | None:
-    """The highest-step checkpoint under `directories` that verifies; corrupt ones are skipped, logged."""
-    candidates = {Path(p) for d in directories for p in glob.glob(os.path.join(str(d), "step_*.ckpt"))}
-    for path in sorted(candidates, key=lambda p: (checkpoint_step(p), p.stat().st_mtime), reverse=True):
+def run_config(cfg: DictConfig) -> dict:
+    """The resolved config that each checkpoint keeps, to be compared when a run resumes."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def saved_config(path: str | Path) -> dict | None:
+    """The config a checkpoint was saved with (None: saved without one). Memory-mapped: no tensor is read."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # a damaged archive fails in many ways; each means "do not resume it"
+        raise CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from err
+    return checkpoint.get(CONFIG_KEY)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changes_the_run(key: str) -> bool:
+    return not any(key == k or key.startswith(f"{k}.") for k in RUN_INDEPENDENT_KEYS)
+
+
+def config_differences(saved: dict | None, current: dict) -> list[str]:
+    """`key: saved value -> current value` for every key that changes the run and differs."""
+    if saved is None:
+        return ["no config saved in it"]
+    old, new = flatten(saved), flatten(current)
+    keys = sorted(k for k in old.keys() | new.keys() if changes_the_run(k) and old.get(k, ABSENT) != new.get(k, ABSENT))
+    return [f"{k}: {old.get(k, ABSENT)} -> {new.get(k, ABSENT)}" for k in keys]
+
+
+def newest_first(directories: list[str | Path]) -> list[Path]:
+    candidates = {Path(os.path.abspath(p)) for d in directories for p in glob.glob(os.path.join(str(d), "step_*.ckpt"))}
+    return sorted(candidates, key=lambda p: (checkpoint_step(p), p.stat().st_mtime), reverse=True)
+
+
+def last_good_checkpoint(directories: list[str | Path], config: dict | None = None) -> Path | None:
+    """The highest-step checkpoint under `directories` that verifies and, given `config`, was saved by a
+    run with the same settings (`RUN_INDEPENDENT_KEYS` aside); the others are skipped, logged."""
+    for path in newest_first(directories):
         try:
+            # the config first: reading it is cheap, verifying reads the whole file
+            differing = [] if config is None else config_differences(saved_config(path), config)
+            if differing:
+                log.info("skipping %s, saved with other settings: %s", path, "; ".join(differing))
+                continue
             verify_checkpoint(path)
         except CorruptCheckpointError as err:
             log.warning("skipping %s", err)
@@ -56,16 +132,22 @@ def last_good_checkpoint(directories: list[str | Path]) -> Path | None:
     return None
 
 
-def resume_path(ckpt_path: str | None, directories: list[str | Path]) -> str | None:
+def resume_path(ckpt_path: str | None, directories: list[str | Path], config: dict | None = None) -> str | None:
     """What `trainer.fit(ckpt_path=...)` gets: None, a verified path, or for `last` the newest good
-    checkpoint of this run name (None, logged, when there is none yet: a first launch)."""
+    checkpoint saved with this run's `config` (None, logged, when there is none yet: a first launch)."""
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        found = last_good_checkpoint(directories)
-        log.info("ckpt_path=last: %s", f"resuming from {found}" if found else "no checkpoint yet, starting fresh")
+        found = last_good_checkpoint(directories, config)
+        log.info(
+            "ckpt_path=last: %s",
+            f"resuming from {found}" if found else "no checkpoint with this run's settings yet, starting fresh",
+        )
         return None if found is None else str(found)
     verify_checkpoint(ckpt_path)
+    differing = [] if config is None else config_differences(saved_config(ckpt_path), config)
+    if differing:
+        log.warning("resuming from %s, saved with other settings: %s", ckpt_path, "; ".join(differing))
     return ckpt_path
 
 
