@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # seconds per stage on one H100/H200; --cpu uses its own
-LIMITS = {"a": 45, "b": 90, "c": 290, "d": 90, "e": 240}
+LIMITS = {"a": 45, "b": 90, "c": 330, "d": 90, "e": 240}
 CPU_LIMITS = {"a": 60, "b": 60, "c": 150, "d": 150, "e": 30}
 
 

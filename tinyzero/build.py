@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from tinyzero import algorithms as alg
-from tinyzero.checkpointing import resume_path
+from tinyzero.checkpointing import resume_path, run_config
 from tinyzero.datamodule import OVERLONG_PROMPTS, PromptDataModule
 from tinyzero.logprobs import BACKENDS
 from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
@@ -39,6 +39,7 @@ CHOICES = {
     "fsdp.reduce_dtype": tuple(DTYPES),
     "rollout.engine.kind": ENGINE_KINDS,
     "kernels.backend": BACKENDS,
+    "kernels.fused_lm_head": (True, False),
 }
 POSITIVE = (
     "data.train_batch_size",
@@ -72,6 +73,9 @@ def validate(cfg: DictConfig) -> None:
         bound = 1 if key in POSITIVE else 0
         if not isinstance(value, (int, float)) or value < bound:
             raise ValueError(f"{key}={value!r} must be a number >= {bound}")
+    chunk = cfg.kernels.chunk_tokens
+    if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"kernels.chunk_tokens={chunk!r} must be 'auto' or an int >= 1")
     if cfg.data.train_batch_size % cfg.algorithm.ppo_mini_batch_size:
         raise ValueError(
             f"data.train_batch_size={cfg.data.train_batch_size} must be a multiple of "
@@ -99,10 +103,12 @@ def build(cfg: DictConfig):
         # a private RNG stream: a run behaves the same whether the base model was cached or built now
         with torch.random.fork_rng():
             ensure_tiny_base(cfg.model.path, task, cfg.data.template, **OmegaConf.to_container(cfg.model.pretrain))
+    memory_plan_gib = None
     if where == "cuda":
-        from tinyzero.memory import check_at_startup
+        from tinyzero.memory import GIB, check_at_startup
 
-        check_at_startup(cfg, engine)
+        plan = check_at_startup(cfg, engine)
+        memory_plan_gib = {"train": plan.train_total / GIB, "generate": plan.generate_total / GIB}
     tokenizer = load_tokenizer(cfg.model.path)
     datamodule = PromptDataModule(task, tokenizer, **cfg.data)
     sampling = SamplingParams(
@@ -126,7 +132,11 @@ def build(cfg: DictConfig):
     )
     callbacks = []
     for name, callback_cfg in cfg.callbacks.items():
-        extra = {"engine_factory": engine_factory, "sampling": sampling} if name == "rollout" else {}
+        extra = (
+            {"engine_factory": engine_factory, "sampling": sampling, "memory_plan_gib": memory_plan_gib}
+            if name == "rollout"
+            else {}
+        )
         callbacks.append(instantiate(callback_cfg, **extra, _convert_="object"))
     loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()] if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -138,6 +148,8 @@ def build(cfg: DictConfig):
         max_new_tokens=cfg.rollout.max_new_tokens,
         fsdp=cfg.fsdp,
         kernels_backend=cfg.kernels.backend,
+        fused_lm_head=cfg.kernels.fused_lm_head,
+        chunk_tokens=cfg.kernels.chunk_tokens,
         rollout_temperature=cfg.rollout.temperature,
         seed=cfg.seed,
     )
@@ -145,10 +157,16 @@ def build(cfg: DictConfig):
 
 
 def resume_from(cfg: DictConfig) -> str | None:
-    """`ckpt_path` made safe: a given checkpoint is verified whole; `last` is the newest good one in
-    this run's checkpoint folder or an earlier run of the same `run_name` (None on a first launch)."""
+    """`ckpt_path` made safe: a given checkpoint is verified whole; `last` is the newest good one saved
+    with this run's settings (see `checkpointing.RUN_INDEPENDENT_KEYS`) in this run's checkpoint folder,
+    a run beside it (the jobs of its sweep), or an earlier run or sweep of the same `run_name` (None when
+    there is none: a first launch)."""
+    if cfg.ckpt_path is None:
+        return None
     directories = [
         cfg.callbacks.checkpoint.dirpath,
+        *glob.glob(f"{cfg.paths.output_dir}/../*/checkpoints"),
         *glob.glob(f"{cfg.paths.log_dir}/runs/{cfg.run_name}/*/checkpoints"),
+        *glob.glob(f"{cfg.paths.log_dir}/multirun/{cfg.run_name}/*/*/checkpoints"),
     ]
-    return resume_path(cfg.ckpt_path, directories)
+    return resume_path(cfg.ckpt_path, directories, run_config(cfg))

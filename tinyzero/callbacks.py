@@ -14,9 +14,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tinyzero.checkpointing import prune, publish
+from tinyzero.checkpointing import CONFIG_KEY, prune, publish
 from tinyzero.distributed import full_state_dict, iter_full_weights
 from tinyzero.experience import score_rollouts
+from tinyzero.memory import phase_peak, reset_phase_peak
 from tinyzero.rollout.base import RolloutEngine, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class RolloutCallback(L.Callback):
         num_samples_printed: int = 2,
         dump_rollouts: bool = False,
         dump_dir: str = ".",
+        memory_plan_gib: dict[str, float] | None = None,
     ):
         self.engine_factory, self.sampling = engine_factory, sampling
+        self.memory_plan_gib = memory_plan_gib  # {"train": GiB, "generate": GiB} per GPU, on CUDA
         self.engine: RolloutEngine | None = None
         self.dump_dir = Path(dump_dir) / "rollouts" if dump_rollouts else None
         self.eval_every_n_steps = eval_every_n_steps
@@ -68,12 +71,14 @@ class RolloutCallback(L.Callback):
         return time.perf_counter() - start
 
     def generate(self, prompt_ids, sampling: SamplingParams, memory: dict | None = None):
-        """Wake the KV cache, generate, sleep; on CUDA, `memory` gets the GPU's use awake and asleep."""
+        """Wake the KV cache, generate, sleep; on CUDA, `memory` gets the GPU's use awake and asleep
+        and the generate phase's peak (since `reset_phase_peak`, taken while the engine is awake)."""
         self.engine.wake_up(["kv_cache"])
         try:
             rollouts = self.engine.generate(prompt_ids, sampling)
             if memory is not None:
                 memory["memory/gpu_used_awake_gib"] = gpu_used_gib()
+                memory.update(phase_peak("generate"))
         finally:
             self.engine.sleep()
         if memory is not None:
@@ -86,6 +91,11 @@ class RolloutCallback(L.Callback):
             self.evaluate(trainer, module)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if module.device.type == "cuda":
+            # the generate phase (push and generation) starts here; blocks the train phase left
+            # cached go back to the driver, where an engine with its own allocator (vLLM) can take them
+            torch.cuda.empty_cache()
+            reset_phase_peak()
         timings = {"time/push_weights": self.push_weights(module)}
         # a fresh, reproducible seed per step and rank: resuming at step k samples as the first run did
         sampling = replace(self.sampling, seed=self.sampling.seed_at(module.rl_step, trainer.global_rank))
@@ -93,11 +103,15 @@ class RolloutCallback(L.Callback):
         memory = {} if module.device.type == "cuda" else None
         rollouts = self.generate(batch["prompt_ids"], sampling, memory)
         timings["time/generate"] = time.perf_counter() - start
+        if memory is not None:
+            reset_phase_peak()  # the train phase (experience and update) starts here
         module.set_rollouts(rollouts, {**timings, **(memory or {})})
         self._last_rollouts = rollouts
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = module.rl_step
+        if module.device.type == "cuda":
+            self.log_train_memory(trainer, step)
         if self.dump_dir is not None:
             self.dump(trainer, module, batch)
         if self.print_samples_every_n_steps and step % self.print_samples_every_n_steps == 0 and trainer.is_global_zero:
@@ -112,6 +126,14 @@ class RolloutCallback(L.Callback):
             return
         if self.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["step"] != module.rl_step):
             self.evaluate(trainer, module)
+
+    def log_train_memory(self, trainer, step: int) -> None:
+        """The train phase's measured peak, beside the memory plan's figure for each phase."""
+        metrics = phase_peak("train")
+        if self.memory_plan_gib:
+            metrics.update({f"memory/plan_{phase}_gib": gib for phase, gib in self.memory_plan_gib.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def dump(self, trainer, module, batch) -> None:
         """This rank's responses of the step just trained: prompt index, response, score."""
@@ -163,20 +185,40 @@ class RLCheckpoint(L.Callback):
 
     Each is written under a `.tmp` name and renamed into place once whole, so a kill during a
     save leaves the previous checkpoints intact; `keep_last` keeps only the newest few.
+    `run_config` (the resolved config; scripts/train.py sets it) goes into every checkpoint, so
+    that `ckpt_path=last` resumes only a run with the same settings.
     """
 
-    def __init__(self, dirpath: str, every_n_steps: int = 100, save_hf: bool = True, keep_last: int | None = None):
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_steps: int = 100,
+        save_hf: bool = True,
+        keep_last: int | None = None,
+        run_config: dict | None = None,
+    ):
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"callbacks.checkpoint.keep_last={keep_last} must be >= 1 or null (keep all)")
         self.dirpath, self.every_n_steps, self.save_hf = Path(dirpath), every_n_steps, save_hf
-        self.keep_last = keep_last
+        self.keep_last, self.run_config = keep_last, run_config
         self._last_saved: int | None = None
 
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint[CONFIG_KEY] = self.run_config
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps and module.rl_step % self.every_n_steps == 0:
+        # The last step is saved here, not at `on_train_end`: a checkpoint taken once the epoch loop
+        # has ended resumes into a finished loop, and a longer run would train no further step.
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if last or (self.every_n_steps and module.rl_step % self.every_n_steps == 0):
             self.save(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
+        self.save_unsaved(trainer, module)
+
+    def save_unsaved(self, trainer, module) -> None:
+        """Save this step unless it is saved already (`StopOnSignal` calls it as it stops the run)."""
         if self._last_saved != module.rl_step:
             self.save(trainer, module)
 
@@ -209,28 +251,37 @@ class RLCheckpoint(L.Callback):
 
 class StopOnSignal(L.Callback):
     """SIGTERM / SIGUSR1 (SLURM's pre-emption notice) finish the current RL step, then stop the
-    run: `RLCheckpoint` saves at the end, and the script exits normally. Every rank stops together."""
+    run: `RLCheckpoint` saves that step, and the script exits normally. Every rank stops together.
+
+    The signal stops the process, not only this run: `StopOnSignal.caught` stays set, so a sweep
+    whose jobs run in this process starts none after it (scripts/train.py, tinyzero.sweep)."""
+
+    caught: str | None = None  # the name of the signal this process received; one for all instances
+
+    @staticmethod
+    def catch(signum: int, frame) -> None:
+        StopOnSignal.caught = signal.Signals(signum).name
 
     def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
         unknown = [name for name in signals if not hasattr(signal, name)]
         if unknown:
             raise ValueError(f"callbacks.stop_on_signal.signals: {unknown} are not signals here")
         self.signals = [getattr(signal, name) for name in signals]
-        self.received: int | None = None
         self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
 
     def on_train_start(self, trainer, module) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.signals}
+            self._previous = {signum: signal.signal(signum, StopOnSignal.catch) for signum in self.signals}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
-            name = signal.Signals(self.received).name if self.received else "a signal on another rank"
-            log.warning("%s received: stopping after step %d with a checkpoint", name, module.rl_step)
+        if trainer.strategy.reduce_boolean_decision(StopOnSignal.caught is not None, all=False):
+            # a rank that got no signal stops too, and remembers it as its own
+            StopOnSignal.caught = StopOnSignal.caught or "a signal on another rank"
+            log.warning("%s received: stopping after step %d with a checkpoint", StopOnSignal.caught, module.rl_step)
             trainer.should_stop = True
+            for callback in trainer.callbacks:
+                if isinstance(callback, RLCheckpoint):
+                    callback.save_unsaved(trainer, module)  # now, while the epoch is open: resumable
 
     def teardown(self, trainer, module, stage: str) -> None:
         for signum, handler in self._previous.items():
