@@ -238,6 +238,11 @@ def run_train(*overrides, timeout=300, cwd=None):
         ("data.template=chat", "data.template='chat' is not allowed"),
         ("rollout.n=0", "rollout.n=0 must be a number >= 1"),
         ("kernels.chunk_tokens=0", "kernels.chunk_tokens=0 must be 'auto' or an int >= 1"),
+        (
+            "task=multiplication",
+            "task.max_count, task.max_number, task.max_target, task.min_count, task.min_number, "
+            "task.operations do not belong to tinyzero.tasks.MultiplicationTask",
+        ),
         ("kernels.backend=cuda", "kernels.backend='cuda' is not allowed; choose one of ['auto', 'torch', 'triton']"),
     ],
 )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import glob
+import inspect
 import logging
 from functools import partial
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
@@ -62,6 +63,20 @@ NON_NEGATIVE = (
 )
 
 
+def check_task_keys(task_cfg: DictConfig) -> None:
+    """A recipe's task settings belong to its task: switching `task=` on a recipe keeps them, so
+    name the keys the new task does not take instead of failing inside its constructor."""
+    target = get_class(task_cfg._target_)
+    allowed = set(inspect.signature(target).parameters)
+    foreign = sorted(set(task_cfg) - allowed - {"_target_"})
+    if foreign:
+        raise ValueError(
+            f"{', '.join('task.' + key for key in foreign)} do not belong to {task_cfg._target_}, which takes "
+            f"{sorted(allowed)}; a recipe's task settings stay when task= changes: remove them with "
+            f"{' '.join('~task.' + key for key in foreign)} or use a recipe made for this task"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail on a wrong value before anything loads, naming the key and what is allowed."""
     for key, allowed in CHOICES.items():
@@ -73,6 +88,7 @@ def validate(cfg: DictConfig) -> None:
         bound = 1 if key in POSITIVE else 0
         if not isinstance(value, (int, float)) or value < bound:
             raise ValueError(f"{key}={value!r} must be a number >= {bound}")
+    check_task_keys(cfg.task)
     chunk = cfg.kernels.chunk_tokens
     if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"kernels.chunk_tokens={chunk!r} must be 'auto' or an int >= 1")

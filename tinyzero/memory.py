@@ -120,19 +120,20 @@ EAGER_FLOAT32_COPIES = {"train": 5, "no_grad": 3}
 
 def head_bytes(
     tokens: int, shape: Shape, compute: int, backend: str, fused: bool, chunk_tokens: int, training: bool
-) -> float:
-    """What the log-prob head adds over `tokens` response positions: a chunk of logits (and the
-    float32 weight-gradient accumulator) when fused; else the head's logits, the copy its reshape
-    makes, and the backend's temporaries (the Triton kernel's gradient, or the eager float32 copies)."""
+) -> tuple[float, float]:
+    """(logits, the rest) that the log-prob head adds over `tokens` response positions. Fused: one
+    chunk of logits (float32 z and p too on the torch path), and when training the float32
+    weight-gradient accumulator and its cast. Unfused: the head's logits and the copy its
+    reshape makes, then the Triton kernel's gradient or the eager float32 temporaries."""
     vocab, hidden = shape.vocab_size, shape.hidden_size
     if fused:
         chunk = min(chunk_tokens, tokens) * vocab
-        per_chunk = chunk * compute + (0 if backend == "triton" else 2 * chunk * 4)  # torch: float32 z and p
-        return per_chunk + (vocab * hidden * (4 + compute) if training else 0)
+        logits = chunk * compute + (0 if backend == "triton" else 2 * chunk * 4)
+        return logits, (vocab * hidden * (4 + compute) if training else 0)
     logits = tokens * vocab * compute
     if backend == "triton":
-        return logits * (4 if training else 2)  # + the gradient, and the zero-filled gradient of the slice
-    return 2 * logits + EAGER_FLOAT32_COPIES["train" if training else "no_grad"] * tokens * vocab * 4
+        return logits * (4 if training else 2), 0  # + the gradient, and the zero-filled gradient of the slice
+    return 2 * logits + EAGER_FLOAT32_COPIES["train" if training else "no_grad"] * tokens * vocab * 4, 0
 
 
 def estimate_memory(
@@ -199,19 +200,24 @@ def estimate_memory(
         layers = 1 if gradient_checkpointing else shape.num_layers
         autocast_copies = (shape.vocab_size * h + layers * shape.layer_params) * compute
     head = partial(head_bytes, shape=shape, compute=compute, backend=kernels_backend, fused=fused_head)
-    chunk = chunk_tokens
+    logits, head_rest = head(micro_batch * response_len, chunk_tokens=chunk_tokens, training=True)
+    policy_grads = on_gpu * shape.params("lm") * master / world_size
     transients = {
-        "policy micro-batch backward (grads, activations, head, bf16 weights)": on_gpu
-        * shape.params("lm")
-        * master
-        / world_size
+        "policy micro-batch backward (grads, activations, head, bf16 weights)": policy_grads
         + activations
-        + head(micro_batch * response_len, chunk_tokens=chunk, training=True)
+        + logits
+        + head_rest
         + autocast_copies,
         "optimizer step (grads, AdamW's temporaries)": 2 * on_gpu * max(p for _, p in models) * master / world_size,
         "log-prob pass (no grad)": log_prob_micro_batch * seq * h * compute * 2
-        + head(log_prob_micro_batch * response_len, chunk_tokens=chunk, training=False),
+        + sum(head(log_prob_micro_batch * response_len, chunk_tokens=chunk_tokens, training=False)),
     }
+    if fused_head:
+        tokens_in_chunk = min(chunk_tokens, micro_batch * response_len)
+        how = f"fused lm_head: one chunk of {tokens_in_chunk} tokens; weight-gradient accumulator {head_rest / GIB:.2f}"
+    else:
+        how = f"{micro_batch} × {response_len} response tokens, {kernels_backend} path"
+    plan.notes.append(f"logits of a policy micro-batch: {logits / GIB:.2f} GiB ({how})")
     if use_critic:
         transients["critic micro-batch backward (grads, activations)"] = (
             on_gpu * shape.params("value") * master / world_size + activations + autocast_copies
