@@ -16,6 +16,7 @@ import torch
 
 from tinyzero.checkpointing import CONFIG_KEY, prune, publish
 from tinyzero.distributed import full_state_dict, iter_full_weights
+from tinyzero.evaluate import wilson_interval
 from tinyzero.experience import score_rollouts
 from tinyzero.memory import phase_peak, reset_phase_peak
 from tinyzero.rollout.base import RolloutEngine, SamplingParams
@@ -157,9 +158,12 @@ class RolloutCallback(L.Callback):
             [float((scores >= 1.0).sum()), float(scores.sum()), float(len(scores))], device=module.device
         )
         totals = trainer.strategy.reduce(totals, reduce_op="sum")
+        low, high = wilson_interval(totals[0].item(), totals[2].item())
         result = {
             "step": module.rl_step,
             "val/accuracy": (totals[0] / totals[2]).item(),
+            "val/accuracy_ci95_low": low,
+            "val/accuracy_ci95_high": high,
             "val/score": (totals[1] / totals[2]).item(),
         }
         self.eval_history.append(result)
@@ -168,7 +172,7 @@ class RolloutCallback(L.Callback):
         if trainer.is_global_zero:
             print(
                 f"[step {module.rl_step}] held-out greedy accuracy {result['val/accuracy']:.3f} "
-                f"(mean score {result['val/score']:.3f}, {int(totals[2])} problems)"
+                f"(95% CI {low:.3f}-{high:.3f}, mean score {result['val/score']:.3f}, {int(totals[2])} problems)"
             )
         return result
 
