@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup
+.PHONY: demo demo-report test setup
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/python scripts/train.py experiment=countdown_tiny
+
+# the CPU demo once per seed (0, 1, 2): docs/demo_report.md (README's results table) and .png
+demo-report: setup
+	$(BIN)/python scripts/demo_report.py
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15 tests

@@ -43,18 +43,25 @@ def engine_of(trainer):
 # ---- 1. token-mean over the whole mini-batch -------------------------------------------------
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
 def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(mode, make_cfg, tmp_path):
-    """16 sequences of random lengths in one mini-batch: 1, 2 and 4 micro-batches give the same
-    losses and gradients (relative 1e-6) for the policy and the critic."""
+    """16 sequences of random lengths in one mini-batch: 1, 2 and 4 micro-batches, and micro-batches
+    packed by a token budget (each trimmed to its own longest row), give the same losses and
+    gradients (relative 1e-6) for the policy and the critic."""
     runs = {}
-    for micro in (16, 8, 4):
-        out = tmp_path / f"micro_{micro}"
+    # rows per micro-batch, or a token budget: rows sorted by length, packed up to 150 tokens
+    for micro in (16, 8, 4, "150 tokens"):
+        out = tmp_path / f"micro_{micro}".replace(" ", "_")
+        split = (
+            [f"algorithm.ppo_max_token_len_per_micro_batch={micro.split()[0]}"]
+            if isinstance(micro, str)
+            else [f"algorithm.ppo_micro_batch_size={micro}"]
+        )
         cfg = make_cfg(
             *FIXED,
             *probe(out / "probe"),
             "data.max_steps=1",
             "algorithm.ppo_epochs=1",
             "algorithm.ppo_mini_batch_size=8",
-            f"algorithm.ppo_micro_batch_size={micro}",
+            *split,
             f"algorithm.loss_agg_mode={mode}",
             "algorithm.grad_clip=1e9",
             f"paths.output_dir={out}",
@@ -63,7 +70,7 @@ def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(mode, make_cf
         lengths = [len(r) for r in engine_of(trainer).last.response_ids]
         assert len(set(lengths)) > 2, "the test needs responses of different lengths"
         runs[micro] = (step_rows(out)[1], torch.load(out / "probe" / "grads_step_1.pt"))
-    (metrics, grads), others = runs[16], [runs[8], runs[4]]
+    (metrics, grads), others = runs[16], [runs[8], runs[4], runs["150 tokens"]]
     assert len(grads) == 2  # the policy's and the critic's first optimizer step
     for other_metrics, other_grads in others:
         for key in ("actor/pg_loss", "actor/entropy", "critic/value_loss", "actor/grad_norm", "critic/grad_norm"):
@@ -240,3 +247,39 @@ def test_on_policy_shortcut_skips_the_old_logprob_pass_only_when_valid(
         assert want_metrics["actor/pg_loss"] == pytest.approx(metrics["actor/pg_loss"], rel=1e-6)
         assert metrics["actor/approx_kl"] == 0.0 and metrics["actor/clipfrac"] == 0.0
         assert relative_error(want_grads[0], grads[0]) < 1e-6
+
+
+def make_batch(prompt_lengths: list[int], response_lengths: list[int], prompt_len: int = 6, response_len: int = 5):
+    """A Batch with left-padded prompts and right-padded responses of the given lengths."""
+    from tinyzero.experience import Batch
+
+    rows = len(prompt_lengths)
+    prompt = torch.arange(prompt_len)[None] >= prompt_len - torch.tensor(prompt_lengths)[:, None]
+    response = torch.arange(response_len)[None] < torch.tensor(response_lengths)[:, None]
+    attention = torch.cat([prompt, response], 1).long()
+    ids = torch.arange(rows * (prompt_len + response_len)).view(rows, -1) * attention
+    return Batch(ids, attention, response.float(), torch.arange(rows), list(range(rows)))
+
+
+def test_a_micro_batch_drops_the_columns_that_are_padding_in_all_its_rows():
+    from tinyzero.module import trimmed
+
+    batch = make_batch([2, 4, 6], [1, 3, 5])
+    ids, attention, longest = trimmed(batch, torch.tensor([0, 1]))
+    # rows 0 and 1: prompts start at column 2 (the longer has 4 tokens), responses end at 3
+    assert longest == 3 and ids.shape == (2, 4 + 3)
+    assert torch.equal(ids, batch.input_ids[:2, 2:9]) and torch.equal(attention, batch.attention_mask[:2, 2:9])
+    assert trimmed(batch, torch.tensor([2]))[0].shape == (1, 11)  # a full row keeps every column
+
+
+def test_token_budget_packs_rows_longest_first_within_the_budget():
+    from tinyzero.module import token_budget_micro_batches
+
+    batch = make_batch([2, 6, 3, 5, 1, 4], [5, 1, 2, 5, 0, 3])  # 7, 7, 5, 10, 1, 7 tokens
+    groups = token_budget_micro_batches(torch.arange(6), batch, max_tokens=20)
+    assert [g.tolist() for g in groups] == [[3, 0], [1, 5], [2, 4]]
+    for group in groups:
+        lengths = batch.attention_mask[group].sum(-1)
+        assert len(group) * lengths.max() <= 20 or len(group) == 1
+    assert sorted(torch.cat(groups).tolist()) == list(range(6))
+    assert [g.tolist() for g in token_budget_micro_batches(torch.arange(6), batch, max_tokens=3)][0] == [3]

@@ -89,6 +89,9 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(value, (int, float)) or value < bound:
             raise ValueError(f"{key}={value!r} must be a number >= {bound}")
     check_task_keys(cfg.task)
+    budget = cfg.algorithm.ppo_max_token_len_per_micro_batch
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"algorithm.ppo_max_token_len_per_micro_batch={budget!r} must be null or an int >= 1")
     chunk = cfg.kernels.chunk_tokens
     if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"kernels.chunk_tokens={chunk!r} must be 'auto' or an int >= 1")

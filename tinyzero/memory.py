@@ -288,7 +288,17 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         world_size=ranks,
         prompt_len=cfg.data.max_prompt_length,
         response_len=cfg.rollout.max_new_tokens,
-        micro_batch=min(algorithm.ppo_micro_batch_size, responses_per_rank),
+        # a token budget holds about budget / (prompt + response) full-length rows
+        micro_batch=min(
+            max(
+                1,
+                algorithm.ppo_max_token_len_per_micro_batch
+                // (cfg.data.max_prompt_length + cfg.rollout.max_new_tokens),
+            )
+            if algorithm.ppo_max_token_len_per_micro_batch
+            else algorithm.ppo_micro_batch_size,
+            responses_per_rank,
+        ),
         log_prob_micro_batch=min(algorithm.log_prob_micro_batch_size, responses_per_rank),
         use_critic=algorithm.adv_estimator == "gae",
         model_dtype=cfg.model.dtype,

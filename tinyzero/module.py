@@ -32,6 +32,35 @@ def chunks(indices: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
+def trimmed(batch: Batch, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A micro-batch's `input_ids` and `attention_mask` without the columns that are padding in
+    all its rows (prompts are left-padded, responses right-padded), and its longest response:
+    each micro-batch runs at its own width, not the whole batch's."""
+    ids, attention = batch.input_ids[idx], batch.attention_mask[idx]
+    prompt_len = ids.shape[1] - batch.response_len
+    used = attention[:, :prompt_len].any(0)
+    first = int(used.float().argmax()) if used.any() else prompt_len
+    longest = int(batch.response_mask[idx].sum(-1).max()) if len(idx) else 0
+    return ids[:, first : prompt_len + longest], attention[:, first : prompt_len + longest], longest
+
+
+def token_budget_micro_batches(indices: torch.Tensor, batch: Batch, max_tokens: int) -> list[torch.Tensor]:
+    """Rows sorted by length (prompt + response tokens) and packed greedily so that a
+    micro-batch's rows × its longest row stay within `max_tokens` (veRL's dynamic batch size);
+    a row longer than the budget goes alone. The padded width that runs can be larger: the
+    longest prompt plus the longest response of the micro-batch."""
+    lengths = batch.attention_mask[indices].sum(-1)
+    order = indices[torch.argsort(lengths, descending=True)]
+    groups: list[list[int]] = []
+    for row, length in zip(order.tolist(), lengths.sort(descending=True).values.tolist()):
+        # sorted longest first: a group's first row is its longest
+        if groups and (len(groups[-1][0]) + 1) * groups[-1][1] <= max_tokens:
+            groups[-1][0].append(row)
+        else:
+            groups.append(([row], length))
+    return [torch.tensor(rows) for rows, _ in groups]
+
+
 def grad_norm_value(norm: torch.Tensor) -> float:
     """Total grad norm as a float; FSDP2 returns a DTensor that must be gathered first."""
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
@@ -138,13 +167,21 @@ class PPOModule(L.LightningModule):
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.model_cfg.autocast_bf16)
 
+    def micro_batches(self, indices: torch.Tensor, batch: Batch, rows: int) -> list[torch.Tensor]:
+        """`rows` rows each, or as many as `algorithm.ppo_max_token_len_per_micro_batch` tokens hold."""
+        budget = self.cfg.ppo_max_token_len_per_micro_batch
+        return token_budget_micro_batches(indices, batch, budget) if budget else chunks(indices, rows)
+
     @torch.no_grad()
     def _evaluate_in_micro_batches(self, fn, batch: Batch, micro: int) -> torch.Tensor:
-        outputs = []
-        for idx in chunks(torch.arange(len(batch.input_ids)), micro):
+        """`fn(ids, attention_mask, longest)` `[b, longest]` over trimmed micro-batches, as `[B, R]`
+        in the batch's row order (zero past each micro-batch's longest response)."""
+        out = torch.zeros(len(batch.input_ids), batch.response_len, device=self.device)
+        for idx in self.micro_batches(torch.arange(len(batch.input_ids)), batch, micro):
+            ids, attention, longest = trimmed(batch, idx)
             with self.autocast():
-                outputs.append(fn(batch.input_ids[idx].to(self.device), batch.attention_mask[idx].to(self.device)))
-        return torch.cat(outputs)
+                out[idx.to(self.device), :longest] = fn(ids.to(self.device), attention.to(self.device), longest).float()
+        return out
 
     def make_experience(
         self, prompts: dict, rollouts: Rollouts
@@ -162,14 +199,13 @@ class PPOModule(L.LightningModule):
             )
         mask = batch.response_mask.to(self.device)
         length = mask.sum(-1).long()
-        R = batch.response_len
 
         def policy_logprobs(model):
-            return lambda ids, am: response_logprobs(
+            return lambda ids, am, longest: response_logprobs(
                 model,
                 ids,
                 am,
-                R,
+                longest,
                 self.rollout_temperature,
                 self.kernels_backend,
                 with_entropy=False,
@@ -200,7 +236,7 @@ class PPOModule(L.LightningModule):
         if self.use_critic:
             self.critic.eval()
             values = self._evaluate_in_micro_batches(
-                lambda ids, am: response_values(self.critic, ids, am, R), batch, micro
+                lambda ids, am, longest: response_values(self.critic, ids, am, longest), batch, micro
             )
             self.critic.train()
             values = values.float() * mask
@@ -259,14 +295,11 @@ class PPOModule(L.LightningModule):
         counts = torch.tensor([batch.response_mask[mini_idx].sum().item(), len(mini_idx)], dtype=torch.float64)
         num_tokens, num_seqs = (sum_ranks(counts.to(self.device)) / ranks).tolist()
         sums: dict[str, float] = {}
-        for idx in chunks(mini_idx, micro):
+        for idx in self.micro_batches(mini_idx, batch, micro):
+            ids, attention, longest = trimmed(batch, idx)
             with self.autocast():
                 loss, parts = losses_fn(
-                    idx,
-                    batch.input_ids[idx].to(self.device),
-                    batch.attention_mask[idx].to(self.device),
-                    num_tokens,
-                    num_seqs,
+                    idx, ids.to(self.device), attention.to(self.device), longest, num_tokens, num_seqs
                 )
             self.manual_backward(loss)
             for key, value in parts.items():
@@ -306,18 +339,21 @@ class PPOModule(L.LightningModule):
         n, mini = len(batch.input_ids), self.mini_batch_rows(batch)
         # veRL counts steps from 1 and updates the actor once critic_warmup <= step
         update_policy = self.rl_step + 1 >= cfg.critic_warmup
-        R = batch.response_len
 
-        def actor_losses(idx, ids, am, num_tokens, num_seqs):
+        def rows(name: str, idx: torch.Tensor, longest: int) -> torch.Tensor:
+            """A micro-batch's rows of an experience tensor `[B, R]`, cut to its longest response."""
+            return exp[name][idx, :longest]
+
+        def actor_losses(idx, ids, am, longest, num_tokens, num_seqs):
             logprobs, entropy = response_logprobs(
-                self.policy, ids, am, R, self.rollout_temperature, self.kernels_backend, **self.head_kernels
+                self.policy, ids, am, longest, self.rollout_temperature, self.kernels_backend, **self.head_kernels
             )
-            mask = exp["response_mask"][idx]
-            old_logprobs = exp["old_logprobs"][idx] if "old_logprobs" in exp else logprobs.detach()
+            mask = rows("response_mask", idx, longest)
+            old_logprobs = rows("old_logprobs", idx, longest) if "old_logprobs" in exp else logprobs.detach()
             pg_loss, clipfrac, approx_kl = alg.policy_loss(
                 old_logprobs,
                 logprobs,
-                exp["advantages"][idx],
+                rows("advantages", idx, longest),
                 mask,
                 cfg.clip_ratio_low,
                 cfg.clip_ratio_high,
@@ -335,19 +371,19 @@ class PPOModule(L.LightningModule):
                 "actor/approx_kl": approx_kl.item(),
             }
             if cfg.use_kl_loss:
-                kl = alg.kl_penalty(logprobs, exp["ref_logprobs"][idx], cfg.kl_loss_type)
+                kl = alg.kl_penalty(logprobs, rows("ref_logprobs", idx, longest), cfg.kl_loss_type)
                 kl_loss = alg.aggregate_loss(kl, mask, cfg.loss_agg_mode, num_tokens, num_seqs)
                 loss = loss + cfg.kl_loss_coef * kl_loss
                 parts["actor/kl_loss"] = kl_loss.item()
             return loss, parts
 
-        def critic_losses(idx, ids, am, num_tokens, num_seqs):
-            values = response_values(self.critic, ids, am, R)
+        def critic_losses(idx, ids, am, longest, num_tokens, num_seqs):
+            values = response_values(self.critic, ids, am, longest)
             loss, clipfrac = alg.value_loss(
                 values,
-                exp["values"][idx],
-                exp["returns"][idx],
-                exp["response_mask"][idx],
+                rows("values", idx, longest),
+                rows("returns", idx, longest),
+                rows("response_mask", idx, longest),
                 cfg.clip_range_value,
                 cfg.loss_agg_mode,
                 num_tokens,
