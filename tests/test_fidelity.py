@@ -244,7 +244,8 @@ def test_on_policy_shortcut_skips_the_old_logprob_pass_only_when_valid(
     assert calls["experience"] == (0 if shortcut else 1)
     if shortcut:
         _, want_metrics, want_grads = results["separate"]
-        assert want_metrics["actor/pg_loss"] == pytest.approx(metrics["actor/pg_loss"], rel=1e-6)
+        # abs: at ratio 1 the pg loss is ~0, and the separate pass runs at another micro-batch width
+        assert want_metrics["actor/pg_loss"] == pytest.approx(metrics["actor/pg_loss"], rel=1e-6, abs=1e-7)
         assert metrics["actor/approx_kl"] == 0.0 and metrics["actor/clipfrac"] == 0.0
         assert relative_error(want_grads[0], grads[0]) < 1e-6
 

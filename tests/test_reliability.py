@@ -204,7 +204,12 @@ def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monk
         assert torch.isfinite(param).all()
 
     monkeypatch.setattr(alg, "policy_loss", nan_policy_loss(None))
-    cfg = make_cfg("data.max_steps=2", "algorithm.nonfinite_abort_after=3", "callbacks.checkpoint.save_hf=false")
+    cfg = make_cfg(
+        "data.max_steps=2",
+        "algorithm.ppo_epochs=2",  # four actor updates per step: the third in a row falls in step 0
+        "algorithm.nonfinite_abort_after=3",
+        "callbacks.checkpoint.save_hf=false",
+    )
     with pytest.raises(FloatingPointError, match=r"aborting at step 0: 3 actor updates in a row had a non-finite"):
         fit(cfg)
 
