@@ -141,19 +141,9 @@ def test_tied_embeddings_get_the_gradient_of_both_uses(tied):
     """A tiny Qwen2 whose lm_head is (or is not) its embedding: hidden states at the response
     positions from the decoder body, `weight = lm_head.weight`; every parameter's gradient equals
     the unfused path's (full logits, float64)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from tinyzero.models.tiny import build_tiny_model
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tied,
-    )
-    model = Qwen2ForCausalLM(config).float()
+    model = build_tiny_model(300, 0, hidden_size=32, num_layers=2, intermediate_size=64, tie_word_embeddings=tied)
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
     model64 = copy.deepcopy(model).double()
     input_ids = torch.randint(300, (2, 12))
