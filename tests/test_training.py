@@ -238,21 +238,29 @@ def run_train(*overrides, timeout=300, cwd=None):
         ("data.template=chat", "data.template='chat' is not allowed"),
         ("rollout.n=0", "rollout.n=0 must be a number >= 1"),
         ("kernels.chunk_tokens=0", "kernels.chunk_tokens=0 must be 'auto' or an int >= 1"),
-        (
-            "task=multiplication",
-            "task.max_count, task.max_number, task.max_target, task.min_count, task.min_number, "
-            "task.operations do not belong to tinyzero.tasks.MultiplicationTask",
-        ),
+        ("task=multiplication +task.min_count=2", "task.min_count do not belong to tinyzero.tasks.MultiplicationTask"),
         ("kernels.backend=cuda", "kernels.backend='cuda' is not allowed; choose one of ['auto', 'torch', 'triton']"),
     ],
 )
 def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
     result = run_train(
-        "experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", override, timeout=60, cwd=tmp_path
+        "experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", *override.split(), timeout=60, cwd=tmp_path
     )
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "cache").exists(), "a model was built before the config was checked"
+
+
+@pytest.mark.parametrize("task", ["multiplication", "multiplication_tiny", "countdown"])
+def test_a_task_switch_on_the_demo_recipe_composes(task, make_cfg):
+    """The demo's task settings live in its task config, so `task=` swaps all of them."""
+    from hydra.utils import instantiate
+
+    from tinyzero.build import validate
+
+    cfg = make_cfg(f"task={task}")
+    validate(cfg)
+    assert type(instantiate(cfg.task)).__name__ == ("CountdownTask" if task == "countdown" else "MultiplicationTask")
 
 
 def test_recipe_prints_with_cfg_job():
