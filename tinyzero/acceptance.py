@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -266,7 +267,7 @@ def last_metrics(run_dir: Path) -> dict[str, dict[str, float]]:
 
 def train(out: Path, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, Path, float]:
     run_dir = out / name
-    with GpuMemorySampler() if torch.cuda.is_available() else _nothing() as sampler:
+    with GpuMemorySampler() if torch.cuda.is_available() else nullcontext() as sampler:
         result = subprocess.run(
             [sys.executable, "scripts/train.py", *overrides, f"hydra.run.dir={run_dir}", "logger=csv"],
             cwd=ROOT,
@@ -275,14 +276,6 @@ def train(out: Path, name: str, overrides: list[str]) -> tuple[subprocess.Comple
         )
     (out / f"{name}.log").write_text(result.stdout + result.stderr)
     return result, run_dir, (sampler.peak_mib / 1024 if sampler else math.nan)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 PHASES = ("time/generate", "time/experience", "time/update")
