@@ -284,3 +284,15 @@ def test_token_budget_packs_rows_longest_first_within_the_budget():
         assert len(group) * lengths.max() <= 20 or len(group) == 1
     assert sorted(torch.cat(groups).tolist()) == list(range(6))
     assert [g.tolist() for g in token_budget_micro_batches(torch.arange(6), batch, max_tokens=3)][0] == [3]
+
+
+def test_a_rank_with_fewer_budget_micro_batches_splits_to_the_others_count():
+    """FSDP2 gathers in every pass: each rank must make as many passes as the rank with the most."""
+    from tinyzero.module import split_to_count
+
+    groups = [torch.tensor([3, 0, 1]), torch.tensor([5]), torch.tensor([2, 4])]
+    split = split_to_count(groups, 5)
+    assert len(split) == 5 and sorted(torch.cat(split).tolist()) == [0, 1, 2, 3, 4, 5]
+    assert all(len(g) >= 1 for g in split)
+    assert split_to_count(groups, 3) == groups
+    assert [g.tolist() for g in split_to_count(groups, 6)] == [[3], [0], [1], [5], [2], [4]]

@@ -61,3 +61,13 @@ def test_fused_head_under_bf16_autocast_matches_the_unfused_head():
         lp, _, grads = run(model, input_ids, attention_mask, True, "torch")
     assert all(g.dtype == torch.float32 for g in grads.values())
     torch.testing.assert_close(lp, want_lp, rtol=2e-2, atol=2e-2)
+
+
+def test_a_micro_batch_without_response_tokens():
+    """A micro-batch whose responses are all empty (trimmed to R = 0) still runs and backpropagates."""
+    model = build_tiny_model(97, 0, hidden_size=32, num_layers=2, intermediate_size=64)
+    input_ids, attention_mask = batch(97, seed=5)
+    for fused in (True, False):
+        lp, ent = response_logprobs(model, input_ids, attention_mask, 0, fused_head=fused)
+        assert lp.shape == ent.shape == (3, 0)
+        (lp.sum() + ent.sum()).backward()

@@ -83,7 +83,7 @@ def fused_lm_head(model: torch.nn.Module, labels: torch.Tensor, temperature: flo
     batch, response_len = labels.shape
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:  # [B, R+1, H] → [B, R, 2]
-        hidden = hidden_states[:, :-1].reshape(batch * response_len, -1)
+        hidden = hidden_states[:, :-1].reshape(batch * response_len, hidden_states.shape[-1])
         device = hidden.device.type
         # the matmul's dtype is autocast's when it is on; the chunks are cast explicitly, so the
         # backward recomputes the logits exactly as the forward made them

@@ -232,7 +232,8 @@ def estimate_memory(
     )
 
     # generating: training state stays resident, gradients do not (freed after each step)
-    plan.generate.update(resident)
+    # the CPU engine's weights are counted once, below
+    plan.generate.update({name: value for name, value in resident.items() if not name.startswith("engine weights")})
     if engine == "vllm":
         budget = gpu_memory_utilization * gpu_bytes
         plan.generate["vLLM (gpu_memory_utilization)"] = budget

@@ -61,6 +61,17 @@ def token_budget_micro_batches(indices: torch.Tensor, batch: Batch, max_tokens: 
     return [torch.tensor(rows) for rows, _ in groups]
 
 
+def split_to_count(groups: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """`groups` with the largest split in two until there are `count` of them (at most one
+    group per row: every rank holds as many rows as the others, so the count is reachable)."""
+    groups = list(groups)
+    while len(groups) < count:
+        largest = max(range(len(groups)), key=lambda i: len(groups[i]))
+        group = groups.pop(largest)
+        groups[largest:largest] = [group[: len(group) // 2], group[len(group) // 2 :]]
+    return groups
+
+
 def grad_norm_value(norm: torch.Tensor) -> float:
     """Total grad norm as a float; FSDP2 returns a DTensor that must be gathered first."""
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
@@ -168,9 +179,20 @@ class PPOModule(L.LightningModule):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.model_cfg.autocast_bf16)
 
     def micro_batches(self, indices: torch.Tensor, batch: Batch, rows: int) -> list[torch.Tensor]:
-        """`rows` rows each, or as many as `algorithm.ppo_max_token_len_per_micro_batch` tokens hold."""
+        """`rows` rows each, or as many as `algorithm.ppo_max_token_len_per_micro_batch` tokens hold.
+
+        Every rank makes as many forward/backward passes as the rank with the most micro-batches:
+        FSDP2 gathers and reduces in each pass, so unequal counts would leave ranks waiting on
+        each other. A rank with fewer splits its largest micro-batches in two."""
         budget = self.cfg.ppo_max_token_len_per_micro_batch
-        return token_budget_micro_batches(indices, batch, budget) if budget else chunks(indices, rows)
+        if not budget:
+            return chunks(indices, rows)
+        groups = token_budget_micro_batches(indices, batch, budget)
+        if data_parallel_size() > 1:
+            count = torch.tensor([len(groups)], device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            groups = split_to_count(groups, int(count.item()))
+        return groups
 
     @torch.no_grad()
     def _evaluate_in_micro_batches(self, fn, batch: Batch, micro: int) -> torch.Tensor:
