@@ -44,6 +44,18 @@ def float64_logprobs(logits, labels, temperature, grad_lp, grad_h):
     return lp.detach(), h.detach(), x.grad
 
 
+def float64_linear_logprobs(hidden, weight, labels, temperature, grad_lp, grad_h):
+    """log p(label), entropy, d/dhidden and d/dweight of Σ grad_lp·lp + grad_h·H for
+    `softmax(hidden @ weightᵀ / τ)`, all in float64."""
+    h = hidden.detach().double().requires_grad_(True)
+    w = weight.detach().double().requires_grad_(True)
+    log_p = torch.log_softmax(h @ w.T / temperature, dim=-1)
+    lp = log_p.gather(1, labels[:, None]).squeeze(1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    ((lp * grad_lp.double()).sum() + (entropy * grad_h.double()).sum()).backward()
+    return lp.detach(), entropy.detach(), h.grad, w.grad
+
+
 def check_logprobs(device: str, small: bool, gen: torch.Generator) -> list[dict]:
     from tinyzero.kernels.logprobs import logprobs_and_entropy, logprobs_entropy_forward
 
@@ -133,22 +145,12 @@ def check_linear_logprobs(device: str, small: bool, gen: torch.Generator) -> lis
             labels = torch.randint(vocab, (n,), generator=gen, device=device)
             grad_lp = torch.randn(n, generator=gen, device=device)
             grad_h = torch.randn(n, generator=gen, device=device)
-            h64 = hidden.detach().double().requires_grad_(True)
-            w64 = weight.detach().double().requires_grad_(True)
-            log_p = torch.log_softmax((h64 @ w64.T) / 0.9, dim=-1)
-            want_lp = log_p.gather(-1, labels[:, None]).squeeze(-1)
-            want_h = -(log_p.exp() * log_p).sum(-1)
-            ((want_lp * grad_lp.double()).sum() + (want_h * grad_h.double()).sum()).backward()
+            want = float64_linear_logprobs(hidden, weight, labels, 0.9, grad_lp, grad_h)
             x = hidden.detach().clone().requires_grad_(True)
             w = weight.detach().clone().requires_grad_(True)
             lp, h = linear_logprobs_and_entropy(x, w, labels, temperature=0.9, backend="triton")
             ((lp * grad_lp).sum() + (h * grad_h).sum()).backward()
-            errors = [
-                relative_error(lp, want_lp.detach()),
-                relative_error(h, want_h.detach()),
-                relative_error(x.grad, h64.grad),
-                relative_error(w.grad, w64.grad),
-            ]
+            errors = [relative_error(got, expected) for got, expected in zip((lp, h, x.grad, w.grad), want)]
             # float32 matmuls on a GPU use TF32 unless told otherwise: 1e-3 there, bf16 inputs 2e-2
             tol = 2e-2 if dtype == torch.bfloat16 else (1e-5 if device == "cpu" else 1e-3)
             rows.append(

@@ -53,6 +53,11 @@ POSITIVE = (
     "algorithm.ppo_micro_batch_size",
     "algorithm.log_prob_micro_batch_size",
 )
+# token counts that may also take their default: (the default, as the message names it)
+COUNTS_OR_DEFAULT = {
+    "algorithm.ppo_max_token_len_per_micro_batch": (None, "null"),
+    "kernels.chunk_tokens": ("auto", "'auto'"),
+}
 NON_NEGATIVE = (
     "algorithm.kl_coef",
     "algorithm.actor_lr",
@@ -89,12 +94,10 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(value, (int, float)) or value < bound:
             raise ValueError(f"{key}={value!r} must be a number >= {bound}")
     check_task_keys(cfg.task)
-    budget = cfg.algorithm.ppo_max_token_len_per_micro_batch
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"algorithm.ppo_max_token_len_per_micro_batch={budget!r} must be null or an int >= 1")
-    chunk = cfg.kernels.chunk_tokens
-    if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"kernels.chunk_tokens={chunk!r} must be 'auto' or an int >= 1")
+    for key, (default, name) in COUNTS_OR_DEFAULT.items():
+        value = OmegaConf.select(cfg, key)
+        if value != default and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key}={value!r} must be {name} or an int >= 1")
     if cfg.data.train_batch_size % cfg.algorithm.ppo_mini_batch_size:
         raise ValueError(
             f"data.train_batch_size={cfg.data.train_batch_size} must be a multiple of "

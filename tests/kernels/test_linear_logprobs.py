@@ -12,11 +12,9 @@ from tinyzero.kernels.linear_logprobs import (
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tinyzero.acceptance import float64_linear_logprobs, relative_error
+
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
-
-
-def relative_error(got, want):
-    return ((got.double() - want).norm() / want.norm().clamp(min=1e-30)).item()
 
 
 def make_inputs(n, h, v, dtype=torch.float32, seed=0, padded=False):
@@ -35,13 +33,7 @@ def make_inputs(n, h, v, dtype=torch.float32, seed=0, padded=False):
 
 def reference(hidden, weight, labels, temperature, grads):
     """(log p, H, dhidden, dweight) in float64 through autograd."""
-    h = hidden.detach().double().requires_grad_(True)
-    w = weight.detach().double().requires_grad_(True)
-    log_p = torch.log_softmax(h @ w.T / temperature, dim=-1)
-    lp = log_p.gather(1, labels[:, None]).squeeze(1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
-    ((lp * grads[0].double()).sum() + (entropy * grads[1].double()).sum()).backward()
-    return lp.detach(), entropy.detach(), h.grad, w.grad
+    return float64_linear_logprobs(hidden, weight, labels, temperature, *grads)
 
 
 def fused(hidden, weight, labels, temperature, grads, **kwargs):

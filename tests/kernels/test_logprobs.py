@@ -4,24 +4,11 @@ import pytest
 import torch
 from tinyzero.kernels.logprobs import logprobs_and_entropy, logprobs_entropy_forward
 
+from tinyzero.acceptance import float64_logprobs as reference  # log p, H, d/dlogits in float64
+from tinyzero.acceptance import relative_error
 from tinyzero.logprobs import logprobs_and_entropy_torch
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-
-
-def relative_error(got, want):
-    return ((got.double() - want).norm() / want.norm().clamp(min=1e-30)).item()
-
-
-def reference(logits, labels, temperature, grad_lp, grad_h):
-    """Log-probs, entropy and d/dlogits in float64 (the eager torch path computes in float32)."""
-    x = logits.detach().double().requires_grad_(True)
-    scaled = x / temperature
-    log_p = torch.log_softmax(scaled, dim=-1)
-    lp = log_p.gather(-1, labels[:, None]).squeeze(-1)
-    h = -(log_p.exp() * log_p.masked_fill(torch.isinf(log_p), 0)).sum(-1)
-    ((lp * grad_lp.double()).sum() + (h * grad_h.double()).sum()).backward()
-    return lp.detach(), h.detach(), x.grad
 
 
 def test_eager_reference_agrees_with_float64():
