@@ -16,20 +16,21 @@ def record():
     that figure as a share of the device's measured copy bandwidth."""
     from measure import copy_bandwidth_gbs
 
-    def add(kernel: str, impl: str, shape: str, ms: float, bytes_moved: int, peak_mib: float, cuda: bool = False):
+    def add(kernel: str, impl: str, shape: str, ms: float | None, bytes_moved: int, peak_mib, cuda: bool = False):
+        """`ms=None`: it did not run to the end; `peak_mib` may then say why (a string)."""
         import torch
 
-        gbs = bytes_moved / ms / 1e6
+        gbs = bytes_moved / ms / 1e6 if ms else None
         row = {
             "kernel": kernel,
             "impl": impl,
             "device": torch.cuda.get_device_name() if cuda else "cpu",
             "shape": shape,
-            "ms": round(ms, 3),
-            "GB/s": round(gbs, 2),
-            "peak extra MiB": round(peak_mib, 1),
+            "ms": round(ms, 3) if ms else None,
+            "GB/s": round(gbs, 2) if gbs else None,
+            "peak extra MiB": round(peak_mib, 1) if isinstance(peak_mib, float) else peak_mib,
         }
-        if cuda:
+        if cuda and gbs:
             row["roofline %"] = round(100 * gbs / copy_bandwidth_gbs(), 1)
         RESULTS.append(row)
 

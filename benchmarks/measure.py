@@ -66,19 +66,40 @@ def _peak_rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def _child(make_inputs, fn, queue):
+def _child(make_inputs, fn, limit_mib, queue):
     inputs = make_inputs()
     base = _rss_bytes()
-    fn(*inputs)
-    queue.put(_peak_rss_bytes() - base)
+    if limit_mib is not None:
+        with open("/proc/self/statm") as f:
+            address_space = int(f.read().split()[0]) * resource.getpagesize()
+        limit = address_space + int(limit_mib * 2**20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    start = time.perf_counter()
+    try:
+        fn(*inputs)
+    except (MemoryError, RuntimeError) as error:  # torch's CPU allocator raises RuntimeError
+        if limit_mib is None or "alloc" not in str(error).lower():
+            raise
+        queue.put(None)
+        return
+    queue.put(((time.perf_counter() - start) * 1e3, _peak_rss_bytes() - base))
+
+
+def cpu_fresh_process_run(make_inputs, fn, limit_mib: float | None = None) -> tuple[float, float] | None:
+    """(ms, peak extra resident MiB) of one `fn(*make_inputs())` in a fresh process; with
+    `limit_mib` the process may map only that much more memory, and None means `fn` needed more."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(make_inputs, fn, limit_mib, queue))
+    proc.start()
+    result = queue.get(timeout=1800)
+    proc.join()
+    if result is None:
+        return None
+    ms, extra = result
+    return ms, max(extra, 0) / 2**20
 
 
 def cpu_peak_extra_mib(make_inputs, fn) -> float:
     """Peak resident memory added by `fn(*make_inputs())`, measured in a fresh process."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(make_inputs, fn, queue))
-    proc.start()
-    extra = queue.get(timeout=600)
-    proc.join()
-    return max(extra, 0) / 2**20
+    return cpu_fresh_process_run(make_inputs, fn)[1]

@@ -12,14 +12,16 @@ from functools import partial
 import pytest
 import torch
 from cases import VOCAB, fused_linear_fwd_bwd, linear_logprob_inputs, unfused_linear_fwd_bwd
-from measure import cpu_peak_extra_mib, cpu_time_ms, cuda_peak_extra_mib, cuda_time_ms
+from measure import cpu_fresh_process_run, cpu_peak_extra_mib, cpu_time_ms, cuda_peak_extra_mib, cuda_time_ms
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device: Triton kernels and GPU timings")
 CUDA_TOKENS = 8 * 1280  # one micro-batch of TinyZero's recipe
-# 8 × 1280 tokens on this 2-core CPU take ~4 min per forward + backward, and the unfused path's
-# float32 copies of the logits (~6 GB each) outgrow its RAM: one 1280-token sequence instead
+# one 1280-token sequence for the timed rows; 8 × 1280 tokens (a few minutes per forward +
+# backward on 2 cores) in the memory rows below, where the unfused path outgrows a 24 GiB machine
 CPU_TOKENS = 1280
+CPU_MICRO_BATCH_TOKENS = 8 * 1280
+CPU_LIMIT_MIB = 16 * 1024  # the address space the 8 × 1280 runs may add
 CPU_HIDDEN = 896  # Qwen2.5-0.5B
 
 
@@ -62,3 +64,29 @@ def test_cpu_linear_logprobs(impl, chunk_tokens, record):
     impl = impl if chunk_tokens is None else f"{impl} chunk={chunk_tokens}"
     shape = f"N={CPU_TOKENS} H={CPU_HIDDEN} V={VOCAB}"
     record("linear+logprobs+entropy fwd+bwd", impl, shape, ms, io_bytes(CPU_TOKENS, CPU_HIDDEN, 4), peak)
+
+
+@pytest.mark.parametrize("impl", ["unfused", "fused"])
+def test_cpu_linear_logprobs_micro_batch(impl, record):
+    """One micro-batch of TinyZero's recipe, 8 × 1280 tokens, in float32, each run once in a fresh
+    process that may add at most 16 GiB: the unfused path's float32 copies of the logits (6.2 GB
+    each) do not fit there, the fused path (auto chunks) must take 5× less than that limit."""
+    make_inputs = partial(linear_logprob_inputs, CPU_MICRO_BATCH_TOKENS, CPU_HIDDEN)
+    fn = unfused_linear_fwd_bwd if impl == "unfused" else fused_linear_fwd_bwd
+    result = cpu_fresh_process_run(make_inputs, fn, limit_mib=CPU_LIMIT_MIB)
+    shape = f"N={CPU_MICRO_BATCH_TOKENS} H={CPU_HIDDEN} V={VOCAB}"
+    if impl == "unfused":
+        assert result is None, f"the unfused path fit in {CPU_LIMIT_MIB} MiB: {result}"
+        record("linear+logprobs+entropy fwd+bwd", impl, shape, None, 0, f"> {CPU_LIMIT_MIB} (allocation failed)")
+        return
+    assert result is not None, f"the fused path needed more than {CPU_LIMIT_MIB} MiB"
+    ms, peak = result
+    assert 5 * peak < CPU_LIMIT_MIB
+    record(
+        "linear+logprobs+entropy fwd+bwd",
+        f"{impl} chunk=auto",
+        shape,
+        ms,
+        io_bytes(CPU_MICRO_BATCH_TOKENS, CPU_HIDDEN, 4),
+        peak,
+    )
