@@ -37,10 +37,16 @@ def record():
     return add
 
 
+@pytest.fixture
+def record_row():
+    """Add a row of any columns (rollout engines report tokens/s, not bandwidth)."""
+    return RESULTS.append
+
+
 def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
-    columns = ["kernel", "impl", "device", "shape", "ms", "GB/s", "roofline %", "peak extra MiB"]
+    columns = list(dict.fromkeys(key for row in RESULTS for key in row))
     rows = [[str(r.get(c, "")) for c in columns] for r in RESULTS]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     terminalreporter.write_line("")

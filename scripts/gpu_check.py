@@ -1,9 +1,10 @@
 """One GPU's acceptance in one command: kernels vs float64, benchmarks, PPO steps at the 1.5B shape
-(time and peak memory per phase against the plan), 30 steps of the tiny recipe, and vLLM when
-it imports. Each stage runs in its own process under its own time limit; a failed stage does not
-stop the rest; a summary table prints last. Everything lands in one folder.
+(time and peak memory per phase against the plan), 30 steps of the tiny recipe, vLLM when it
+imports, and the compiled rollout engine (greedy equality, tokens/s against transformers). Each
+stage runs in its own process under its own time limit; a failed stage does not stop the rest; a
+summary table prints last. Everything lands in one folder.
 
-    python scripts/gpu_check.py                  # on a machine with one GPU (under 8 minutes)
+    python scripts/gpu_check.py                  # on a machine with one GPU
     python scripts/gpu_check.py --cpu            # every stage at toy sizes on CPU (what CI runs)
     python scripts/gpu_check.py --stages a c     # some stages only
 
@@ -22,8 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # seconds per stage on one H100/H200; --cpu uses its own
-LIMITS = {"a": 45, "b": 90, "c": 330, "d": 90, "e": 240}
-CPU_LIMITS = {"a": 60, "b": 60, "c": 150, "d": 150, "e": 30}
+LIMITS = {"a": 45, "b": 90, "c": 330, "d": 90, "e": 240, "f": 240}
+CPU_LIMITS = {"a": 60, "b": 60, "c": 150, "d": 150, "e": 30, "f": 90}
 
 
 def run_stage(stage: str, out: Path, cpu: bool) -> None:

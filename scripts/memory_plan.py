@@ -11,8 +11,8 @@ from tinyzero.memory import GIB, plan_for
 def main(cfg: DictConfig) -> None:
     if not cfg.gpu_memory_gib:
         raise SystemExit("set gpu_memory_gib=<GiB per GPU>, e.g. gpu_memory_gib=80")
-    # the plan is for the GPU run: auto means vLLM there
-    engine = "hf" if cfg.rollout.engine.kind == "hf" else "vllm"
+    # the plan is for the GPU run: auto means vLLM there (the compiled engine where vLLM is missing)
+    engine = cfg.rollout.engine.kind if cfg.rollout.engine.kind in ("hf", "compiled") else "vllm"
     gpu_bytes = cfg.gpu_memory_gib * GIB
     plan = plan_for(cfg, gpu_bytes, engine)
     print(plan.table())

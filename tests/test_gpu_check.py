@@ -31,9 +31,11 @@ def test_cpu_mode_runs_every_stage_and_prints_the_summary_last(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     verdicts = {r["stage"]: r["result"] for r in summary}
-    assert verdicts == {"a": "pass", "b": "pass", "c": "pass", "d": "pass", "e": "skipped"}, verdicts
+    assert verdicts == {"a": "pass", "b": "pass", "c": "pass", "d": "pass", "e": "skipped", "f": "pass"}, verdicts
     kernels = {row["kernel"] for row in summary[0]["rows"]}
     assert kernels == {"logprobs+entropy", "gae", "linear logprobs+entropy"}
     assert [row["variant"] for row in summary[2]["rows"]] == ["triton fused", "torch unfused"]
     assert summary[3]["rows"][0]["kernels"].startswith("torch (kernels.backend=auto")  # the GPU run: triton
+    assert summary[5]["rows"][0]["equal_rows"] == "6/6"
+    assert [row["impl"] for row in summary[5]["rows"][1:]] == ["hf", "compiled"]
     assert result.stdout.rstrip().endswith((tmp_path / "summary.md").read_text().rstrip())

@@ -97,8 +97,7 @@ def test_fsdp2_gather_equals_the_unsharded_model_and_tp_ranks_share_prompts(tmp_
 
 
 def test_engine_choice_falls_back_to_transformers_with_a_reason(saved_model, caplog):
-    assert resolve_engine("auto", "cpu") == ("hf", "vLLM is not installed; generating with transformers")
-    assert resolve_engine("auto", "cuda")[0] == "hf"
+    assert resolve_engine("auto", "cpu") == ("hf", "the trainer is on cpu; generating with transformers")
     assert resolve_engine("hf", "cuda") == ("hf", "set in config")
     with pytest.raises(ValueError, match=r"rollout.engine.kind=vllm but vLLM is not installed: pip install '.\[gpu\]'"):
         resolve_engine("vllm", "cuda")
@@ -110,6 +109,7 @@ def test_engine_choice_falls_back_to_transformers_with_a_reason(saved_model, cap
             "auto",
             {"max_batch_size": 8},
             {},
+            {"max_batch_size": 8, "cuda_graphs": True},
             path=str(path),
             eos_token_id=0,
             pad_token_id=0,
@@ -122,7 +122,7 @@ def test_engine_choice_falls_back_to_transformers_with_a_reason(saved_model, cap
             seed=0,
         )
     assert isinstance(engine, HFEngine)
-    assert "rollout engine: hf (vLLM is not installed" in caplog.text
+    assert "rollout engine: hf (the trainer is on cpu" in caplog.text
 
 
 def test_attention_choice_falls_back_with_a_reason(monkeypatch):

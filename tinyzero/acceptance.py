@@ -1,7 +1,8 @@
 """The stages of `scripts/gpu_check.py`: one GPU's acceptance of the kernels, the benchmarks, PPO
 steps at the 1.5B shape (time and memory per phase against the plan), the tiny recipe on the GPU,
-and the vLLM smoke run. `small=True` runs each at toy sizes on CPU (kernels under the
-interpreter), so CI keeps the script itself working.
+the vLLM smoke run, and the compiled rollout engine (greedy equality, tokens/s against
+transformers). `small=True` runs each at toy sizes on CPU (kernels under the interpreter), so CI
+keeps the script itself working.
 
 Each stage returns rows (dicts) and a verdict; the script runs each in its own process with its
 own time limit, so a crash or a hang in one does not stop the others.
@@ -182,7 +183,8 @@ def stage_kernels(out: Path, small: bool) -> tuple[list[dict], bool]:
 def stage_benchmarks(out: Path, small: bool) -> tuple[list[dict], bool]:
     results = out / "benchmarks.json"
     # torch.compile cases take minutes to compile on each shape; the issue's table has their numbers
-    selection = "test_cpu_loop_gae and 256" if small else "cuda and not compile"
+    # (rollout engines are stage f's)
+    selection = "test_cpu_loop_gae and 256" if small else "cuda and not compile and not rollout"
     env = {**os.environ, "BENCH_OUT": str(results)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "benchmarks", "-k", selection, "-p", "no:cacheprovider"],
@@ -287,7 +289,8 @@ MEMORY_KEYS = [
     for key in (f"{phase}_peak_gib", f"{phase}_peak_allocated_gib", f"{phase}_outside_torch_gib", f"plan_{phase}_gib")
 ]
 # the log-prob paths compared at the 1.5B shape: the default and the eager reference (on an
-# H200 each takes about 150 s: the transformers engine generates 16 × 1024 tokens in 23 to 65 s)
+# H200 each took about 150 s with the transformers engine, which generated 16 × 1024 tokens in 23
+# to 65 s; the runs now take the engine `auto` picks there: vLLM or the compiled engine)
 VARIANTS = {
     "triton fused": ["kernels.backend=triton", "kernels.fused_lm_head=true"],
     "torch unfused": ["kernels.backend=torch", "kernels.fused_lm_head=false"],
@@ -321,7 +324,6 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
         f"paths.data_dir={out}/data",
         "data.train_batch_size=16",
         "algorithm.ppo_mini_batch_size=16",
-        "rollout.engine.kind=hf",
         "data.max_steps=2",
         "callbacks.rollout.eval_every_n_steps=0",
         "callbacks.rollout.print_samples_every_n_steps=0",
@@ -356,7 +358,7 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
 
 
 def stage_tiny_recipe(out: Path, small: bool) -> tuple[list[dict], bool]:
-    overrides = ["experiment=countdown_tiny", "rollout.engine.kind=hf", "callbacks.progress_bar.refresh_rate=0"]
+    overrides = ["experiment=countdown_tiny", "callbacks.progress_bar.refresh_rate=0"]
     if small:
         # a short pre-training in a cache of its own; kernels.backend=auto picks the torch reference
         # on CPU (stage a runs the kernels under the interpreter)
@@ -403,10 +405,57 @@ def stage_vllm_smoke(out: Path, small: bool) -> tuple[list[dict], bool | None]:
     return [{"returncode": result.returncode, "report": result.stdout[-2000:]}], result.returncode == 0
 
 
+# ---- (f) the compiled rollout engine -----------------------------------------------------------
+
+TINY_ARCHITECTURE = {
+    "vocab_size": 400,
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 384,
+    "tie_word_embeddings": True,
+}
+
+
+def stage_rollout_engines(out: Path, small: bool) -> tuple[list[dict], bool]:
+    """Greedy rollouts of the compiled engine (CUDA graphs replayed) equal transformers' on a
+    random tiny Qwen2 in float32, ragged prompts; then `benchmarks/test_bench_rollout.py`."""
+    from tinyzero.rollout import CompiledEngine, HFEngine, SamplingParams
+
+    device = "cpu" if small else "cuda"
+    path = build_random_model(out / "rollout_tiny", TINY_ARCHITECTURE, device)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(2, 400, (length,), generator=gen).tolist() for length in (5, 17, 9, 30, 2, 12)]
+    sampling = SamplingParams(n=1, temperature=0, max_new_tokens=48)
+    responses = {}
+    for engine in (
+        HFEngine(str(path), 10**6, 0, device, "float32"),
+        CompiledEngine(str(path), 10**6, 0, device, "float32"),
+    ):
+        engine.wake_up()
+        responses[type(engine).__name__] = engine.generate(prompts, sampling).response_ids
+        engine.sleep()
+    equal = sum(a == b for a, b in zip(responses["HFEngine"], responses["CompiledEngine"]))
+    rows = [{"check": "greedy rollouts equal transformers' (tiny, float32)", "equal_rows": f"{equal}/{len(prompts)}"}]
+    results = out / "rollout_benchmarks.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "benchmarks/test_bench_rollout.py", "-k", "cpu" if small else "cuda"],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_OUT": str(results)},
+        capture_output=True,
+        text=True,
+    )
+    (out / "rollout_benchmarks.log").write_text(result.stdout + result.stderr)
+    rows += json.loads(results.read_text()) if results.exists() else []
+    return rows, equal == len(prompts) and result.returncode == 0
+
+
 STAGES = {
     "a": ("kernels vs float64", stage_kernels),
     "b": ("benchmarks", stage_benchmarks),
     "c": ("PPO steps, 1.5B shape", stage_ppo_1p5b),
     "d": ("countdown_tiny on the GPU", stage_tiny_recipe),
     "e": ("vLLM smoke", stage_vllm_smoke),
+    "f": ("compiled rollout engine", stage_rollout_engines),
 }

@@ -277,7 +277,6 @@ def chunk_tokens(setting: int | str, vocab: int, dtype: str) -> int:
 def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     """The memory plan of a composed training config, per GPU of `gpu_bytes`."""
     shape, ranks = model_shape(cfg.model), int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
-    hf = cfg.rollout.engine.hf
     vllm = cfg.rollout.engine.vllm
     algorithm = cfg.algorithm
     responses_per_rank = cfg.data.train_batch_size * cfg.rollout.n // ranks
@@ -316,7 +315,12 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         gpu_bytes=gpu_bytes,
         gpu_memory_utilization=vllm.gpu_memory_utilization,
         tensor_parallel_size=vllm.tensor_parallel_size if engine == "vllm" else 1,
-        max_num_seqs=vllm.max_num_seqs if engine == "vllm" else min(hf.max_batch_size, responses_per_rank),
+        # the compiled engine allocates its whole cache; transformers' grows with the batch
+        max_num_seqs={
+            "vllm": vllm.max_num_seqs,
+            "compiled": cfg.rollout.engine.compiled.max_batch_size,
+            "hf": min(cfg.rollout.engine.hf.max_batch_size, responses_per_rank),
+        }[engine],
     )
 
 

@@ -1,4 +1,5 @@
-"""Which rollout engine a run gets: `rollout.engine.kind=auto` takes vLLM when it can, and says why."""
+"""Which rollout engine a run gets: `rollout.engine.kind=auto` takes vLLM when it can, then the
+compiled engine on CUDA, then transformers' `generate`, and says why."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import logging
 
 import torch
 
+from tinyzero.rollout.compiled import CompiledEngine
 from tinyzero.rollout.hf import HFEngine
 
 log = logging.getLogger(__name__)
 
-ENGINE_KINDS = ("auto", "vllm", "hf")
+ENGINE_KINDS = ("auto", "vllm", "compiled", "hf")
 
 
 def vllm_available() -> bool:
@@ -19,7 +21,8 @@ def vllm_available() -> bool:
 
 
 def resolve_engine(kind: str, device_type: str) -> tuple[str, str]:
-    """(engine, reason): vLLM needs the package and CUDA; transformers' generate runs anywhere."""
+    """(engine, reason): vLLM needs the package and CUDA; the compiled engine's CUDA graphs pay
+    off on CUDA (it runs anywhere, eagerly on CPU); transformers' generate runs anywhere."""
     if kind not in ENGINE_KINDS:
         raise ValueError(f"rollout.engine.kind={kind!r} is not allowed; choose one of {list(ENGINE_KINDS)}")
     if kind == "vllm":
@@ -30,18 +33,20 @@ def resolve_engine(kind: str, device_type: str) -> tuple[str, str]:
         if device_type != "cuda":
             raise ValueError(f"rollout.engine.kind=vllm needs CUDA, the trainer is on {device_type}")
         return kind, "set in config"
-    if kind == "hf":
+    if kind in ("compiled", "hf"):
         return kind, "set in config"
-    if device_type == "cuda" and vllm_available():
-        return "vllm", "vLLM is installed and the trainer is on CUDA"
-    why = "vLLM is not installed" if not vllm_available() else f"the trainer is on {device_type}"
-    return "hf", f"{why}; generating with transformers"
+    if device_type == "cuda":
+        if vllm_available():
+            return "vllm", "vLLM is installed and the trainer is on CUDA"
+        return "compiled", "vLLM is not installed; decoding over a static KV cache with CUDA graphs"
+    return "hf", f"the trainer is on {device_type}; generating with transformers"
 
 
 def make_engine(
     kind: str,
     hf: dict,
     vllm: dict,
+    compiled: dict,
     *,
     path: str,
     eos_token_id: int,
@@ -54,7 +59,7 @@ def make_engine(
     max_model_len: int,
     seed: int,
 ):
-    """The engine `kind` resolves to, built with its own options (`hf` or `vllm`) and the shared ones."""
+    """The engine `kind` resolves to, built with its own options (`hf`, `vllm` or `compiled`) and the shared ones."""
     device = torch.device(device)
     kind, reason = resolve_engine(kind, device.type)
     log.info("rollout engine: %s (%s)", kind, reason)
@@ -72,5 +77,16 @@ def make_engine(
             max_model_len=max_model_len,
             seed=seed,
             **vllm,
+        )
+    if kind == "compiled":
+        return CompiledEngine(
+            path,
+            eos_token_id,
+            pad_token_id,
+            device,
+            dtype,
+            attn_implementation,
+            max_model_len=max_model_len,
+            **compiled,
         )
     return HFEngine(path, eos_token_id, pad_token_id, device, dtype, attn_implementation, **hf)

@@ -1,0 +1,133 @@
+"""A rollout engine that decodes over a static KV cache, each step a replayed CUDA graph.
+
+transformers' `generate` pays Python and kernel-launch cost for every token: on an H200 a
+Qwen2.5-1.5B-shaped model decoded 16 × 1024 tokens at 487 tokens/s, about 33 ms a step for
+under 1 ms of weight reads. Here the prompts are prefilled once (the `n` samples of a prompt
+share it), then each decoding step is one graph replay per batch-size bucket plus sampling.
+On CPU the same loop runs eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from tinyzero.rollout.base import SamplingParams, check_tags
+from tinyzero.rollout.hf import HFEngine
+from tinyzero.rollout.static_decoder import StaticDecoder
+
+log = logging.getLogger(__name__)
+
+DONE_CHECK_EVERY = 8  # decoding steps between checks that every sequence has ended (a host sync)
+
+
+def batch_bucket(batch: int, max_batch_size: int) -> int:
+    """The graph a batch of `batch` sequences replays: the next power of two (at least 8), at most
+    `max_batch_size`, so a handful of graphs serve every batch size."""
+    return min(max(8, 1 << (batch - 1).bit_length()), max_batch_size)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Next tokens `[B]` from `logits [B, vocab]`: argmax at temperature 0, else a draw from the
+    softmax at `temperature` restricted to the nucleus (the most probable tokens whose mass first
+    reaches `top_p`), from torch's current generator."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        beyond_nucleus = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(beyond_nucleus, 0))
+    return torch.multinomial(probs, 1).squeeze(-1)
+
+
+class CompiledEngine(HFEngine):
+    """The transformers engine's weights, sleep and weight pushes (copied in place, so captured
+    graphs stay valid) with its own decoding loop. The cache, `max_batch_size` sequences ×
+    `max_model_len` tokens, exists while `kv_cache` is awake; graphs are captured on first use
+    of each bucket after a wake-up and dropped at `sleep`."""
+
+    def __init__(
+        self,
+        path: str,
+        eos_token_id: int,
+        pad_token_id: int,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        max_batch_size: int = 256,
+        max_model_len: int = 2048,
+        cuda_graphs: bool = True,
+    ):
+        self.max_model_len = max_model_len
+        self.decoder: StaticDecoder | None = None
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graph_pool = None
+        super().__init__(path, eos_token_id, pad_token_id, device, dtype, attn_implementation, max_batch_size)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+
+    def sleep(self) -> None:
+        self.decoder, self.graphs, self.graph_pool = None, {}, None
+        super().sleep()
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        tags = check_tags(tags)
+        super().wake_up(tags)
+        if "kv_cache" in tags and self.decoder is None:
+            self.decoder = StaticDecoder(self.model, self.max_batch_size, self.max_model_len, self.device)
+
+    def _step(self, batch: int) -> torch.Tensor:
+        """One decoding step of the first `batch` rows: logits `[batch, vocab]`."""
+        bucket = batch_bucket(batch, self.max_batch_size)
+        if not self.cuda_graphs:
+            return self.decoder.step(bucket)[:batch]
+        if bucket not in self.graphs:
+            # warm up on a side stream (what capture requires), then record the step once
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self.decoder.step(bucket)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.graph_pool):
+                logits = self.decoder.step(bucket)
+            self.graph_pool = graph.pool()
+            self.graphs[bucket] = (graph, logits)
+            log.info("captured the decoding step for %d sequences as a CUDA graph", bucket)
+        graph, logits = self.graphs[bucket]
+        graph.replay()
+        return logits[:batch]
+
+    def _generate_chunk(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[list[int]]:
+        width = max(len(p) for p in prompts)
+        if width + sampling.max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"{width} prompt tokens + rollout.max_new_tokens={sampling.max_new_tokens} exceed the compiled "
+                f"engine's cache of max_model_len={self.max_model_len} tokens"
+            )
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        valid = torch.zeros_like(input_ids, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at slot width − 1
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            valid[row, width - len(prompt) :] = True
+        batch = len(prompts) * sampling.n
+        logits = self.decoder.prefill(input_ids.to(self.device), valid.to(self.device), copies=sampling.n)
+        logits = logits.repeat_interleave(sampling.n, 0)
+        responses = torch.full((batch, sampling.max_new_tokens), self.pad_token_id, device=self.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        for t in range(sampling.max_new_tokens):
+            tokens = sample_tokens(logits, sampling.temperature, sampling.top_p).masked_fill(done, self.pad_token_id)
+            responses[:, t] = tokens
+            done |= tokens == self.eos_token_id
+            if t + 1 == sampling.max_new_tokens or ((t + 1) % DONE_CHECK_EVERY == 0 and bool(done.all())):
+                break
+            self.decoder.step_tokens[:batch, 0] = tokens
+            self.decoder.step_slot.fill_(width + t)
+            logits = self._step(batch)
+        out = []
+        for row in responses.tolist():
+            end = row.index(self.eos_token_id) + 1 if self.eos_token_id in row else len(row)
+            out.append(row[:end])
+        return out
