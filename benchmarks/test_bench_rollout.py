@@ -14,19 +14,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tinyzero.acceptance import ROOT, build_random_model
+from tinyzero.acceptance import ROOT, TINY_ARCHITECTURE, build_random_model
 from tinyzero.rollout import CompiledEngine, HFEngine, SamplingParams
 
 CUDA = torch.cuda.is_available()
-TINY = {
-    "vocab_size": 400,
-    "hidden_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 384,
-    "tie_word_embeddings": True,
-}
 PROMPT_TOKENS = 48
 
 
@@ -34,7 +25,7 @@ PROMPT_TOKENS = 48
 def model_dirs(tmp_path_factory):
     """Random-weight checkpoints, built on first use: the tiny shape, and the 1.5B shape on CUDA."""
     root = tmp_path_factory.mktemp("rollout_models")
-    dirs = {"tiny": build_random_model(root / "tiny", TINY, "cpu")}
+    dirs = {"tiny": build_random_model(root / "tiny", TINY_ARCHITECTURE, "cpu")}
     if CUDA:
         architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/qwen2.5-1.5b.yaml").architecture)
         dirs["1.5b"] = build_random_model(root / "1.5b", architecture, "cuda")
@@ -72,7 +63,7 @@ def make(kind: str, path, device: str, dtype: str, max_batch_size: int, max_mode
 def test_cpu_rollout(kind, model_dirs, record_row):
     prompts, samples, new_tokens = 16, 8, 64
     engine = make(kind, model_dirs["tiny"], "cpu", "float32", prompts * samples, PROMPT_TOKENS + new_tokens)
-    rate = tokens_per_s(engine, prompts, samples, new_tokens, TINY["vocab_size"])
+    rate = tokens_per_s(engine, prompts, samples, new_tokens, TINY_ARCHITECTURE["vocab_size"])
     record_row(
         {
             "kernel": "rollout",
