@@ -12,7 +12,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tinyzero.rollout import CompiledEngine, HFEngine, SamplingParams, make_engine, resolve_engine
 from tinyzero.rollout.compiled import batch_bucket, sample_tokens
-from tinyzero.rollout.static_decoder import StaticDecoder
+from tinyzero.rollout.static_decoder import StaticDecoder, grouped_attention
 
 RAGGED_PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [20, 21, 22, 23, 24, 25, 26, 27, 28]]
 
@@ -207,3 +207,15 @@ def test_auto_prefers_vllm_then_compiled_on_cuda_then_transformers(model_dir, ca
         )
     assert isinstance(engine, CompiledEngine) and engine.max_model_len == 48 and not engine.cuda_graphs
     assert "rollout engine: compiled (set in config)" in caplog.text
+
+
+def test_grouped_attention_equals_sdpa_over_repeated_heads():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 8, 5, 16, generator=gen).transpose(1, 2).contiguous().transpose(1, 2)  # strided like a model's
+    keys, values = torch.randn(2, 3, 2, 7, 16, generator=gen)
+    mask = torch.rand(3, 1, 5, 7, generator=gen) > 0.3
+    mask[..., 0] = True
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, keys.repeat_interleave(4, 1), values.repeat_interleave(4, 1), attn_mask=mask, scale=0.25
+    )
+    torch.testing.assert_close(grouped_attention(q, keys, values, mask, 0.25), expected)

@@ -9,8 +9,22 @@ the next step (and a captured graph) reads.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+
+def grouped_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of `q [B, heads, T, d]` over `keys`/`values [B, kv_heads, S, d]`, each KV head
+    serving `heads / kv_heads` query heads without copying the cache per query head (as SDPA's
+    GQA fallback does); `mask [B, 1, T, S]` (True = attend); softmax in float32. `[B, heads, T, d]`."""
+    batch, heads, length, dim = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads * length, dim)
+    scores = (grouped @ keys.transpose(-1, -2)).view(batch, kv_heads, heads // kv_heads, length, -1) * scale
+    scores = scores.float().masked_fill(~mask[:, :, None], float("-inf"))
+    weights = scores.softmax(-1).to(values.dtype).view(batch, kv_heads, heads // kv_heads * length, -1)
+    return (weights @ values).view(batch, heads, length, dim)
 
 
 class StaticDecoder:
@@ -61,9 +75,7 @@ class StaticDecoder:
             )
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             keys, values = attend_to(index, k, v)
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=attention.scaling, enable_gqa=True
-            )
+            out = grouped_attention(q, keys, values, mask, attention.scaling)
             hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.lm_head(self.base.norm(hidden[:, -1])).float()
