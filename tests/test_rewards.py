@@ -1,3 +1,5 @@
+import random
+import re
 import time
 from pathlib import Path
 
@@ -178,6 +180,47 @@ def test_multiplication_generation_digits():
     assert MultiplicationTask().ground_truth({"a": 12, "b": 34}) == {"product": 408}
 
 
+WORKED = re.compile(r"<think> (.*) </think> <answer> (\d+) </answer>")
+
+
+@pytest.mark.parametrize("digits_a", [1, 2, 3])
+def test_worked_pretraining_responses_follow_the_procedure_but_not_the_product(digits_a):
+    """Each digit of `a` (units first) times `b` is a multiple of `b`, the sum of the shifted
+    products is added right, the answer is that sum; and it hits the product only by chance."""
+    task = MultiplicationTask(digits_a=digits_a, digits_b=1, pretrain_format="worked")
+    rng, hits = random.Random(0), 0
+    rows = task.generate(2000, seed=0)
+    for row in rows:
+        response = task.random_response(row, rng)
+        think, answer = WORKED.fullmatch(response).groups()
+        steps = think.split(", ")
+        digits = [int(d) for d in reversed(str(row["a"]))]
+        products = []
+        for digit, step in zip(digits, steps):
+            factors, product = step.split("=")
+            assert factors == f"{digit}*{row['b']}"
+            assert int(product) in {k * row["b"] for k in range(10)}
+            products.append(int(product))
+        shifted = [p * 10**place for place, p in enumerate(products)]
+        if digits_a > 1:
+            assert steps[-1] == "+".join(map(str, reversed(shifted))) + f"={sum(shifted)}"
+        assert int(answer) == sum(shifted) and task.score(response, task.ground_truth(row)) in (0.1, 1.0)
+        hits += task.score(response, task.ground_truth(row)) == 1.0
+    # right only when every digit's random multiple is (1 in 10 each; b = 0 always)
+    assert hits / len(rows) < 0.1 + 0.9 * 0.1**digits_a + 0.03
+
+
+def test_pretraining_text_formats_name_the_key():
+    with pytest.raises(ValueError, match=r"task.pretrain_format must be one of \['answer', 'worked'\]"):
+        MultiplicationTask(pretrain_format="steps")
+    with pytest.raises(ValueError, match="task.pretrain_format=worked needs task.digits_b=1, got 2"):
+        MultiplicationTask(digits_b=2, pretrain_format="worked")
+    with pytest.raises(ValueError, match="task.times_table needs task.pretrain_format=worked and task.digits_a > 1"):
+        MultiplicationTask(digits_a=1, digits_b=1, pretrain_format="worked", times_table=True)
+    plain = MultiplicationTask(digits_a=2, digits_b=1).random_response({"a": 47, "b": 6}, random.Random(0))
+    assert re.fullmatch(r"<answer> \d{3} </answer>", plain)
+
+
 def test_bad_task_config_names_the_key():
     with pytest.raises(ValueError, match="task.operations"):
         CountdownTask(operations="+^")
@@ -234,3 +277,16 @@ def test_countdown_score_of_any_string(response, target, numbers):
 def test_multiplication_score_of_any_string(response, product):
     score = timed_score(multiplication.compute_score, response, {"product": product})
     assert score in (0.0, 0.1, 1.0)
+
+
+def test_the_times_table_is_a_tenth_of_pretraining_and_never_a_task_problem():
+    from tinyzero.pretrain import pretraining_texts
+
+    task = MultiplicationTask(digits_a=2, digits_b=1, question="short", pretrain_format="worked", times_table=True)
+    facts = task.known_facts()
+    assert len(facts) == 100 and facts[42][1] == "<think> 4*2=8 </think> <answer> 8 </answer>"
+    asked = {(r["a"], r["b"]) for r in task.generate(5000, seed=0)}
+    assert not asked & {(row["a"], row["b"]) for row, _ in facts}
+    texts = pretraining_texts(task, "plain", 2000, seed=0)
+    assert len(texts) == 2000 and sum("</think> <answer>" in t and "," not in t for t in texts) == 200
+    assert MultiplicationTask().known_facts() == [] and CountdownTask().known_facts() == []

@@ -26,13 +26,21 @@ from tinyzero.tasks import TEMPLATES, render_prompt
 log = logging.getLogger(__name__)
 
 
+FACTS_SHARE = 0.1  # of the corpus, when a task has facts a base model would know (`task.known_facts`)
+
+
 def pretraining_texts(task, template: str, num_texts: int, seed: int) -> list[str]:
-    """Prompts followed by well-formed answers that ignore the target: the format, never a solution."""
+    """Prompts followed by well-formed answers that ignore the target: the format, never a
+    solution; plus, repeated to a tenth of the corpus, the task's `known_facts` (e.g. the
+    multiplication task's times table), which are not problems the task asks."""
     rng = random.Random(seed)
-    rows = task.generate(num_texts, seed=seed + 7919)
-    return [
-        f"{render_prompt(task.question(r), template)} <answer> {task.random_answer(r, rng)} </answer>" for r in rows
-    ]
+    facts = task.known_facts()
+    rows = task.generate(num_texts - (round(FACTS_SHARE * num_texts) if facts else 0), seed=seed + 7919)
+    texts = [f"{render_prompt(task.question(r), template)} {task.random_response(r, rng)}" for r in rows]
+    for i in range(num_texts - len(texts)):
+        row, response = facts[i % len(facts)]
+        texts.append(f"{render_prompt(task.question(row), template)} {response}")
+    return texts
 
 
 def pretrain(

@@ -132,6 +132,11 @@ class CountdownTask:
     def score(self, response: str, ground_truth: dict) -> float:
         return compute_score(response, ground_truth, format_score=self.format_score, answer_scope=self.answer_scope)
 
-    def random_answer(self, row: dict, rng: random.Random) -> str:
+    def known_facts(self) -> list[tuple[dict, str]]:
+        """Nothing is taught as knowledge: the base model sees the format only."""
+        return []
+
+    def random_response(self, row: dict, rng: random.Random) -> str:
         """A well-formed answer that ignores the target: pre-training text, never a solution."""
-        return random_solution([int(n) for n in row["nums"]], self.operations, rng, non_negative=True)[0]
+        equation = random_solution([int(n) for n in row["nums"]], self.operations, rng, non_negative=True)[0]
+        return f"<answer> {equation} </answer>"
