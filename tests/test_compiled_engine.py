@@ -4,13 +4,11 @@ On CPU it decodes eagerly: everything but the graph capture is checked here, aga
 transformers' own forward and `generate` on real saved models.
 """
 
-import logging
-
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tinyzero.rollout import CompiledEngine, HFEngine, SamplingParams, make_engine, resolve_engine
+from tinyzero.rollout import CompiledEngine, HFEngine, SamplingParams
 from tinyzero.rollout.compiled import batch_bucket, sample_tokens
 from tinyzero.rollout.static_decoder import StaticDecoder, grouped_attention
 
@@ -179,34 +177,6 @@ def test_engine_limits_name_the_setting(model_dir, tmp_path):
     engine = CompiledEngine(str(tmp_path / "llama"), 1, 0)
     with pytest.raises(ValueError, match="compiled decodes Qwen2 models, this one is 'llama'"):
         engine.wake_up()
-
-
-def test_auto_prefers_vllm_then_compiled_on_cuda_then_transformers(model_dir, caplog):
-    assert resolve_engine("auto", "cuda") == (
-        "compiled",
-        "vLLM is not installed; decoding over a static KV cache with CUDA graphs",
-    )
-    assert resolve_engine("auto", "cpu") == ("hf", "the trainer is on cpu; generating with transformers")
-    assert resolve_engine("compiled", "cpu") == ("compiled", "set in config")
-    with caplog.at_level(logging.INFO, logger="tinyzero.rollout.select"):
-        engine = make_engine(
-            "compiled",
-            {"max_batch_size": 8},
-            {},
-            {"max_batch_size": 8, "cuda_graphs": True},
-            path=str(model_dir),
-            eos_token_id=1,
-            pad_token_id=0,
-            device="cpu",
-            dtype="float32",
-            attn_implementation="sdpa",
-            rank=0,
-            world_size=1,
-            max_model_len=48,
-            seed=0,
-        )
-    assert isinstance(engine, CompiledEngine) and engine.max_model_len == 48 and not engine.cuda_graphs
-    assert "rollout engine: compiled (set in config)" in caplog.text
 
 
 def test_grouped_attention_equals_sdpa_over_repeated_heads():

@@ -15,7 +15,7 @@ from tinyzero.memory import Shape, plan_for
 from tinyzero.models import load_critic, load_policy
 from tinyzero.models.attention import resolve_attention
 from tinyzero.models.tiny import build_tiny_model
-from tinyzero.rollout import HFEngine, make_engine, resolve_engine
+from tinyzero.rollout import CompiledEngine, HFEngine, make_engine, resolve_engine
 from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
 
 
@@ -98,31 +98,40 @@ def test_fsdp2_gather_equals_the_unsharded_model_and_tp_ranks_share_prompts(tmp_
 
 def test_engine_choice_falls_back_to_transformers_with_a_reason(saved_model, caplog):
     assert resolve_engine("auto", "cpu") == ("hf", "the trainer is on cpu; generating with transformers")
+    assert resolve_engine("auto", "cuda") == (
+        "compiled",
+        "vLLM is not installed; decoding over a static KV cache with CUDA graphs",
+    )
     assert resolve_engine("hf", "cuda") == ("hf", "set in config")
+    assert resolve_engine("compiled", "cpu") == ("compiled", "set in config")
     with pytest.raises(ValueError, match=r"rollout.engine.kind=vllm but vLLM is not installed: pip install '.\[gpu\]'"):
         resolve_engine("vllm", "cuda")
     with pytest.raises(ValueError, match=r"rollout.engine.kind='sglang' is not allowed; choose one of \['auto'"):
         resolve_engine("sglang", "cpu")
     path, _ = saved_model
-    with caplog.at_level(logging.INFO, logger="tinyzero.rollout.select"):
-        engine = make_engine(
-            "auto",
-            {"max_batch_size": 8},
-            {},
-            {"max_batch_size": 8, "cuda_graphs": True},
-            path=str(path),
-            eos_token_id=0,
-            pad_token_id=0,
-            device="cpu",
-            dtype="float32",
-            attn_implementation="sdpa",
-            rank=0,
-            world_size=1,
-            max_model_len=64,
-            seed=0,
-        )
-    assert isinstance(engine, HFEngine)
-    assert "rollout engine: hf (the trainer is on cpu" in caplog.text
+    for kind, engine_type, logged in [
+        ("auto", HFEngine, "rollout engine: hf (the trainer is on cpu"),
+        ("compiled", CompiledEngine, "rollout engine: compiled (set in config)"),
+    ]:
+        with caplog.at_level(logging.INFO, logger="tinyzero.rollout.select"):
+            engine = make_engine(
+                kind,
+                {"max_batch_size": 8},
+                {},
+                {"max_batch_size": 8, "cuda_graphs": True},
+                path=str(path),
+                eos_token_id=0,
+                pad_token_id=0,
+                device="cpu",
+                dtype="float32",
+                attn_implementation="sdpa",
+                rank=0,
+                world_size=1,
+                max_model_len=64,
+                seed=0,
+            )
+        assert type(engine) is engine_type and logged in caplog.text
+    assert engine.max_model_len == 64 and engine.max_batch_size == 8 and not engine.cuda_graphs  # no graphs on CPU
 
 
 def test_attention_choice_falls_back_with_a_reason(monkeypatch):

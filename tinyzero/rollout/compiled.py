@@ -49,23 +49,13 @@ class CompiledEngine(HFEngine):
     `max_model_len` tokens, exists while `kv_cache` is awake; graphs are captured on first use
     of each bucket after a wake-up and dropped at `sleep`."""
 
-    def __init__(
-        self,
-        path: str,
-        eos_token_id: int,
-        pad_token_id: int,
-        device: str | torch.device = "cpu",
-        dtype: str = "float32",
-        attn_implementation: str = "sdpa",
-        max_batch_size: int = 256,
-        max_model_len: int = 2048,
-        cuda_graphs: bool = True,
-    ):
+    def __init__(self, *args, max_model_len: int = 2048, cuda_graphs: bool = True, **kwargs):
+        """`args` and `kwargs` as `HFEngine`'s (its `max_batch_size` is the cache's rows)."""
         self.max_model_len = max_model_len
         self.decoder: StaticDecoder | None = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graph_pool = None
-        super().__init__(path, eos_token_id, pad_token_id, device, dtype, attn_implementation, max_batch_size)
+        super().__init__(*args, **kwargs)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
 
     def sleep(self) -> None:
