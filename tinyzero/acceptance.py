@@ -324,6 +324,7 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
         f"paths.data_dir={out}/data",
         "data.train_batch_size=16",
         "algorithm.ppo_mini_batch_size=16",
+        "rollout.engine.kind=auto",  # the recipe asks for vLLM; without it, the compiled engine
         "data.max_steps=2",
         "callbacks.rollout.eval_every_n_steps=0",
         "callbacks.rollout.print_samples_every_n_steps=0",
