@@ -58,10 +58,10 @@ def greedy(max_new_tokens=24):
     return SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens)
 
 
-def test_decoding_steps_equal_the_full_forward(model_dir):
-    """Prefill and each decoding step give the logits of transformers' forward over the whole
-    left-padded sequence (teacher forcing random next tokens), row by row."""
-    model = Qwen2ForCausalLM.from_pretrained(model_dir).eval()
+def decoder_and_full_forward(model, full_model=None):
+    """Logits of prefill and of each decoding step (teacher forcing random next tokens) `[steps,
+    B, vocab]`, and those of `full_model`'s (default `model`'s) forward over the whole left-padded
+    sequences at the same positions."""
     decoder = StaticDecoder(model, max_batch_size=8, max_len=32, device=torch.device("cpu"))
     width = max(map(len, RAGGED_PROMPTS))
     input_ids = torch.zeros(len(RAGGED_PROMPTS), width, dtype=torch.long)
@@ -69,18 +69,38 @@ def test_decoding_steps_equal_the_full_forward(model_dir):
     for row, prompt in enumerate(RAGGED_PROMPTS):
         input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
         valid[row, width - len(prompt) :] = True
-    continuation = torch.randint(2, 96, (len(RAGGED_PROMPTS), 6))
+    continuation = torch.randint(2, 96, (len(RAGGED_PROMPTS), 6), generator=torch.Generator().manual_seed(0))
     full_ids = torch.cat([input_ids, continuation], 1)
     full_mask = torch.cat([valid, torch.ones_like(continuation, dtype=torch.bool)], 1).long()
     with torch.no_grad():
-        reference = model(input_ids=full_ids, attention_mask=full_mask).logits.float()
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers left-padded rows
+        reference = (full_model or model)(input_ids=full_ids, attention_mask=full_mask, position_ids=positions)
+        reference = reference.logits.float()
         logits = [decoder.prefill(input_ids, valid, copies=1)]
         for t in range(continuation.shape[1] - 1):
             decoder.step_tokens[: len(RAGGED_PROMPTS), 0] = continuation[:, t]
             decoder.step_slot.fill_(width + t)
             logits.append(decoder.step(len(RAGGED_PROMPTS)))
-    for t, step_logits in enumerate(logits):
-        torch.testing.assert_close(step_logits, reference[:, width - 1 + t], rtol=1e-4, atol=1e-4)
+    return torch.stack(logits), reference[:, width - 1 : -1].transpose(0, 1)
+
+
+def test_decoding_steps_equal_the_full_forward(model_dir):
+    """Prefill and each decoding step give the logits of transformers' forward over the whole
+    left-padded sequence, row by row."""
+    logits, reference = decoder_and_full_forward(Qwen2ForCausalLM.from_pretrained(model_dir).eval())
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_decoding_is_as_close_to_float32_as_transformers_own(model_dir):
+    """In bfloat16 the decoder's logits stray from the float32 forward no more than transformers'
+    bfloat16 forward with eager attention does, which rounds the scores to bfloat16 as the
+    decoder does before a float32 softmax (so the difference is rounding, not a wrong cast or mask)."""
+    full32 = Qwen2ForCausalLM.from_pretrained(model_dir).eval()
+    bf16 = Qwen2ForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="eager").eval()
+    logits, reference32 = decoder_and_full_forward(bf16, full_model=full32)
+    _, reference_bf16 = decoder_and_full_forward(bf16)
+    ours, theirs = (logits - reference32).abs().max(), (reference_bf16 - reference32).abs().max()
+    assert ours <= 1.5 * theirs, (ours, theirs)
 
 
 def test_greedy_rollouts_equal_transformers_generate(model_dir):
