@@ -180,22 +180,27 @@ def stage_kernels(out: Path, small: bool) -> tuple[list[dict], bool]:
 # ---- (b) the benchmarks ---------------------------------------------------------------------
 
 
-def stage_benchmarks(out: Path, small: bool) -> tuple[list[dict], bool]:
-    results = out / "benchmarks.json"
-    # torch.compile cases take minutes to compile on each shape; the issue's table has their numbers
-    # (rollout engines are stage f's)
-    selection = "test_cpu_loop_gae and 256" if small else "cuda and not compile and not rollout"
-    env = {**os.environ, "BENCH_OUT": str(results)}
+def run_benchmarks(out: Path, name: str, target: str, selection: str) -> tuple[list[dict], bool]:
+    """`pytest <target> -k <selection>` in `benchmarks/`'s JSON mode: its rows (`<name>.json`, log
+    beside it) and whether it passed."""
+    results = out / f"{name}.json"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "benchmarks", "-k", selection, "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-q", target, "-k", selection, "-p", "no:cacheprovider"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "BENCH_OUT": str(results)},
         capture_output=True,
         text=True,
     )
-    (out / "benchmarks.log").write_text(result.stdout + result.stderr)
-    rows = json.loads(results.read_text()) if results.exists() else []
-    return rows, result.returncode == 0 and bool(rows)
+    (out / f"{name}.log").write_text(result.stdout + result.stderr)
+    return (json.loads(results.read_text()) if results.exists() else []), result.returncode == 0
+
+
+def stage_benchmarks(out: Path, small: bool) -> tuple[list[dict], bool]:
+    # torch.compile cases take minutes to compile on each shape; the issue's table has their numbers
+    # (rollout engines are stage f's)
+    selection = "test_cpu_loop_gae and 256" if small else "cuda and not compile and not rollout"
+    rows, passed = run_benchmarks(out, "benchmarks", "benchmarks", selection)
+    return rows, passed and bool(rows)
 
 
 # ---- (c) PPO steps at the 1.5B shape, (d) the tiny recipe on the GPU -------------------------
@@ -439,17 +444,11 @@ def stage_rollout_engines(out: Path, small: bool) -> tuple[list[dict], bool]:
         engine.sleep()
     equal = sum(a == b for a, b in zip(responses["HFEngine"], responses["CompiledEngine"]))
     rows = [{"check": "greedy rollouts equal transformers' (tiny, float32)", "equal_rows": f"{equal}/{len(prompts)}"}]
-    results = out / "rollout_benchmarks.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "benchmarks/test_bench_rollout.py", "-k", "cpu" if small else "cuda"],
-        cwd=ROOT,
-        env={**os.environ, "BENCH_OUT": str(results)},
-        capture_output=True,
-        text=True,
+    benchmark_rows, passed = run_benchmarks(
+        out, "rollout_benchmarks", "benchmarks/test_bench_rollout.py", "cpu" if small else "cuda"
     )
-    (out / "rollout_benchmarks.log").write_text(result.stdout + result.stderr)
-    rows += json.loads(results.read_text()) if results.exists() else []
-    return rows, equal == len(prompts) and result.returncode == 0
+    rows += benchmark_rows
+    return rows, equal == len(prompts) and passed
 
 
 STAGES = {

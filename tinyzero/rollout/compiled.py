@@ -98,13 +98,9 @@ class CompiledEngine(HFEngine):
                 f"{width} prompt tokens + rollout.max_new_tokens={sampling.max_new_tokens} exceed the compiled "
                 f"engine's cache of max_model_len={self.max_model_len} tokens"
             )
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        valid = torch.zeros_like(input_ids, dtype=torch.bool)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at slot width − 1
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            valid[row, width - len(prompt) :] = True
+        input_ids, valid = self._left_padded(prompts)  # every prompt ends at slot width − 1
         batch = len(prompts) * sampling.n
-        logits = self.decoder.prefill(input_ids.to(self.device), valid.to(self.device), copies=sampling.n)
+        logits = self.decoder.prefill(input_ids, valid, copies=sampling.n)
         logits = logits.repeat_interleave(sampling.n, 0)
         responses = torch.full((batch, sampling.max_new_tokens), self.pad_token_id, device=self.device)
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
@@ -117,8 +113,4 @@ class CompiledEngine(HFEngine):
             self.decoder.step_tokens[:batch, 0] = tokens
             self.decoder.step_slot.fill_(width + t)
             logits = self._step(batch)
-        out = []
-        for row in responses.tolist():
-            end = row.index(self.eos_token_id) + 1 if self.eos_token_id in row else len(row)
-            out.append(row[:end])
-        return out
+        return self._until_eos(responses)

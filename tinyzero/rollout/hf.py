@@ -78,17 +78,31 @@ class HFEngine:
                     rollouts.response_ids.append(response)
         return rollouts
 
-    def _generate_chunk(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[list[int]]:
+    def _left_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids [P, width]` and `valid [P, width]` (not padding) on the engine's device, padded
+        on the left so every prompt ends at column `width − 1`."""
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt) :] = 1
+        valid = torch.zeros_like(input_ids, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            valid[row, width - len(prompt) :] = True
+        return input_ids.to(self.device), valid.to(self.device)
+
+    def _until_eos(self, responses: torch.Tensor) -> list[list[int]]:
+        """Each row of `responses [B, T]` up to and including its first EOS (all of it without one)."""
+        out = []
+        for row in responses.tolist():
+            end = row.index(self.eos_token_id) + 1 if self.eos_token_id in row else len(row)
+            out.append(row[:end])
+        return out
+
+    def _generate_chunk(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams) -> list[list[int]]:
+        input_ids, valid = self._left_padded(prompts)
         greedy = sampling.temperature == 0
         output = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
+            input_ids=input_ids,
+            attention_mask=valid.long(),
             do_sample=not greedy,
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
@@ -98,8 +112,4 @@ class HFEngine:
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
-        responses = []
-        for row in output[:, width:].tolist():
-            end = row.index(self.eos_token_id) + 1 if self.eos_token_id in row else len(row)
-            responses.append(row[:end])
-        return responses
+        return self._until_eos(output[:, input_ids.shape[1] :])
