@@ -11,7 +11,6 @@ step 0 and at the end with its 95 % interval, the gain, the best, and wall time 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import re
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tinyzero.evaluate import wilson_interval  # noqa: E402
+from tinyzero.plotting import read_curves  # noqa: E402
 
 PHASES = ("time/generate", "time/experience", "time/update", "time/push_weights")
 
@@ -38,20 +38,17 @@ def run_seed(seed: int, overrides: list[str], out: Path) -> dict:
     (out / f"seed_{seed}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise RuntimeError(f"seed {seed} failed; see {out / f'seed_{seed}.log'}")
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    curve = [(int(r["step"]), float(r["val/accuracy"])) for r in rows if r.get("val/accuracy")]
-    steps = [r for r in rows if r.get("time/step")]
+    curves = read_curves(run_dir)
     pretrain = re.search(r"tiny base model saved to .* \((\d+) s", result.stdout + result.stderr)
     problems = int(re.findall(r"(\d+) problems\)", result.stdout)[-1])
     return {
         "seed": seed,
-        "curve": curve,
+        "curve": curves["val/accuracy"],
         "problems": problems,
         "wall": wall,
         "pretrain": float(pretrain.group(1)) if pretrain else 0.0,
-        **{phase: sum(float(r[phase]) for r in steps) for phase in PHASES},
-        "steps": len(steps),
+        **{phase: sum(value for _, value in curves.get(phase, [])) for phase in PHASES},
+        "steps": len(curves["time/step"]),
     }
 
 

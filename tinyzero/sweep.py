@@ -3,7 +3,6 @@ summary of every job (its outcome and how it ended) is written once the sweep en
 
 from __future__ import annotations
 
-import csv
 import signal
 from pathlib import Path
 
@@ -13,9 +12,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tinyzero.callbacks import StopOnSignal
-from tinyzero.compare import COLUMNS, compare, format_table, run_labels
+from tinyzero.compare import STATUS_FILE, compare, format_table
+from tinyzero.config_keys import check_sweep
 
-STATUS_FILE = "status.txt"
 IN_PROCESS = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # runs the jobs one after another
 
 
@@ -34,6 +33,7 @@ class SweepSummary(Callback):
         self._previous: dict[int, object] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_sweep(config)  # a swept key the recipe never reads: refused before the first job
         if config.hydra.launcher._target_ != IN_PROCESS:
             return  # each job is a process of its own (SLURM): its `StopOnSignal` is all it needs
         names = OmegaConf.select(config, "callbacks.stop_on_signal.signals", default=None) or []
@@ -56,29 +56,12 @@ def job_status(job_return: JobReturn) -> str:
         return f"failed ({type(err).__name__})"
 
 
-def read_status(job: Path) -> str:
-    path = job / STATUS_FILE
-    return path.read_text().strip() if path.exists() else "unknown (killed?)"
-
-
 def summarize_sweep(sweep_dir: Path) -> None:
-    """`summary.csv`: compare.py's row for each job that logged metrics, an empty one for each that did
-    not, and every job's status; `comparison.png`: the curves of those that logged."""
-    jobs = sorted({p.parent for name in (STATUS_FILE, "metrics.csv") for p in sweep_dir.glob(f"*/{name}")})
-    if not jobs:
+    """`summary.csv`: compare.py's row for each job, with its status (one with empty outcomes for a job
+    that logged nothing); `comparison.png`: the curves of those that logged. `scripts/compare.py
+    SWEEP_DIR` writes the same two files."""
+    if not any(any(sweep_dir.glob(f"*/{name}")) for name in (STATUS_FILE, "metrics.csv")):
         return
-    logged = [job for job in jobs if (job / "metrics.csv").exists()]
-    outcomes = dict(zip(logged, compare(logged, sweep_dir)[0])) if logged else {}
-    rows = [
-        {**outcomes.get(job, dict.fromkeys(COLUMNS)), "run": label, "status": read_status(job)}
-        for job, label in zip(jobs, run_labels(jobs))
-    ]
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "status"])
-        writer.writeheader()
-        writer.writerows(rows)
+    rows, png = compare([sweep_dir], sweep_dir)
     print(format_table(rows))
-    for row in rows:
-        if row["status"] != "finished":
-            print(f"{row['run']}: {row['status']}")
-    print(f"sweep summary: {sweep_dir}/summary.csv" + (f", curves: {sweep_dir}/comparison.png" if logged else ""))
+    print(f"sweep summary: {sweep_dir}/summary.csv" + (f", curves: {png}" if png else ""))
