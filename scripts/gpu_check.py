@@ -69,17 +69,17 @@ def main() -> int:
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     args = parser.parse_args()
     out = args.out or ROOT / "outputs/gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    out.mkdir(parents=True, exist_ok=True)
     if args.stage:
         run_stage(args.stage, out, args.cpu)
         return 0
     if not args.cpu:
         import torch
 
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available():  # before the folder is made: a check that cannot run leaves none
             print("gpu_check: no CUDA device visible; run on a GPU machine, or pass --cpu for toy sizes on CPU")
             return 2
         print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__}) -> {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     from tinyzero.acceptance import STAGES
 
     limits = CPU_LIMITS if args.cpu else LIMITS

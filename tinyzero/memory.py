@@ -5,6 +5,7 @@ that cannot fit is caught at start-up and a new one can be sized before it is la
 Train phase: FSDP2 shards (params, grads, AdamW's two moments) of policy and critic, the
 reference's shards, the gathered layers, and one micro-batch's activations and logits.
 Generate phase: what training keeps resident (no gradients) plus the engine's share.
+What to change when a phase does not fit: `tinyzero.memory_advice`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+from omegaconf import DictConfig
 
 from tinyzero.logprobs import resolve_backend
 
@@ -87,6 +89,18 @@ class MemoryPlan:
     @property
     def generate_total(self) -> float:
         return sum(self.generate.values())
+
+    @property
+    def peak(self) -> float:
+        return max(self.train_total, self.generate_total)
+
+    def fits(self, gpu_bytes: float) -> bool:
+        return self.peak <= gpu_bytes
+
+    def figures(self, gpu_bytes: float) -> str:
+        """Both phases in one line, and whether they fit in `gpu_bytes`."""
+        verdict = "fits" if self.fits(gpu_bytes) else f"{(self.peak - gpu_bytes) / GIB:.1f} GiB over"
+        return f"train {self.train_total / GIB:.1f} GiB, generate {self.generate_total / GIB:.1f} GiB: {verdict}"
 
     def table(self) -> str:
         lines = []
@@ -274,44 +288,67 @@ def chunk_tokens(setting: int | str, vocab: int, dtype: str) -> int:
     return auto_chunk_tokens(vocab, resolve_dtype(dtype)) if setting == "auto" else int(setting)
 
 
+def responses_per_rank(cfg) -> int:
+    return cfg.data.train_batch_size * cfg.rollout.n // ranks(cfg)
+
+
+def ranks(cfg) -> int:
+    return int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+
+
+def on_gpu(cfg) -> bool:
+    return cfg.trainer.accelerator in ("gpu", "cuda")
+
+
+def shards_with_fsdp2(cfg) -> bool:
+    """Whether the trainer builds a device mesh (trainer=fsdp / fsdp_cpu: Lightning's
+    ModelParallelStrategy), the only case where the models are sharded and `fsdp.*` is read."""
+    strategy = cfg.trainer.strategy
+    return isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("ModelParallelStrategy")
+
+
+def offloads(cfg, key: str) -> bool:
+    """`fsdp.<key>` as the run applies it: FSDP2's CPU offload, so with a device mesh on CUDA only.
+    A one-GPU recipe (trainer=gpu) builds no mesh and ignores it today (issue 23)."""
+    return bool(cfg.fsdp[key]) and shards_with_fsdp2(cfg) and on_gpu(cfg)
+
+
+def policy_micro_batch(cfg) -> int:
+    """Rows in a policy/critic micro-batch: a token budget holds about budget / (prompt + response)
+    full-length rows; never more than a mini-batch's rows on a rank (module.mini_batch_rows)."""
+    algorithm, seq = cfg.algorithm, cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    budget = algorithm.ppo_max_token_len_per_micro_batch
+    rows = max(1, budget // seq) if budget else algorithm.ppo_micro_batch_size
+    mini_batch_rows = max(1, algorithm.ppo_mini_batch_size // ranks(cfg)) * cfg.rollout.n
+    return min(rows, mini_batch_rows, responses_per_rank(cfg))
+
+
 def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
-    """The memory plan of a composed training config, per GPU of `gpu_bytes`."""
-    shape, ranks = model_shape(cfg.model), int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    """The memory plan of a composed training config, per GPU of `gpu_bytes`: a pure function of
+    the config, so a change is planned by planning the config with that change."""
+    shape = model_shape(cfg.model)
     vllm = cfg.rollout.engine.vllm
-    algorithm = cfg.algorithm
-    responses_per_rank = cfg.data.train_batch_size * cfg.rollout.n // ranks
-    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda")
     # the compute dtype: FSDP2's param_dtype when sharded, else bf16 under autocast
-    param_dtype = cfg.fsdp.param_dtype if ranks > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None)
+    param_dtype = cfg.fsdp.param_dtype if ranks(cfg) > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None)
     return estimate_memory(
         shape,
-        world_size=ranks,
+        world_size=ranks(cfg),
         prompt_len=cfg.data.max_prompt_length,
         response_len=cfg.rollout.max_new_tokens,
-        # a token budget holds about budget / (prompt + response) full-length rows
-        micro_batch=min(
-            max(
-                1,
-                algorithm.ppo_max_token_len_per_micro_batch
-                // (cfg.data.max_prompt_length + cfg.rollout.max_new_tokens),
-            )
-            if algorithm.ppo_max_token_len_per_micro_batch
-            else algorithm.ppo_micro_batch_size,
-            responses_per_rank,
-        ),
-        log_prob_micro_batch=min(algorithm.log_prob_micro_batch_size, responses_per_rank),
-        use_critic=algorithm.adv_estimator == "gae",
+        micro_batch=policy_micro_batch(cfg),
+        log_prob_micro_batch=min(cfg.algorithm.log_prob_micro_batch_size, responses_per_rank(cfg)),
+        use_critic=cfg.algorithm.adv_estimator == "gae",
         model_dtype=cfg.model.dtype,
         param_dtype=param_dtype,
         rollout_dtype=cfg.rollout.dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
-        offload_reference=cfg.fsdp.offload_reference,
-        offload_optimizer=cfg.fsdp.offload_optimizer,
-        kernels_backend=resolve_backend(cfg.kernels.backend, "cuda" if on_gpu else "cpu")[0],
+        offload_reference=offloads(cfg, "offload_reference"),
+        offload_optimizer=offloads(cfg, "offload_optimizer"),
+        kernels_backend=resolve_backend(cfg.kernels.backend, "cuda" if on_gpu(cfg) else "cpu")[0],
         fused_head=cfg.kernels.fused_lm_head,
         chunk_tokens=chunk_tokens(cfg.kernels.chunk_tokens, shape.vocab_size, param_dtype or cfg.model.dtype),
         engine=engine,
-        engine_on_gpu=on_gpu,
+        engine_on_gpu=on_gpu(cfg),
         gpu_bytes=gpu_bytes,
         gpu_memory_utilization=vllm.gpu_memory_utilization,
         tensor_parallel_size=vllm.tensor_parallel_size if engine == "vllm" else 1,
@@ -319,7 +356,7 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         max_num_seqs={
             "vllm": vllm.max_num_seqs,
             "compiled": cfg.rollout.engine.compiled.max_batch_size,
-            "hf": min(cfg.rollout.engine.hf.max_batch_size, responses_per_rank),
+            "hf": min(cfg.rollout.engine.hf.max_batch_size, responses_per_rank(cfg)),
         }[engine],
     )
 
@@ -342,12 +379,15 @@ def phase_peak(phase: str) -> dict[str, float]:
 
 
 def check_at_startup(cfg, engine: str) -> MemoryPlan:
-    """Log the plan for this GPU (or `gpu_memory_gib`) and warn for each phase that will not fit."""
+    """Log the plan for this GPU (or `gpu_memory_gib`); for a phase that will not fit, warn and say
+    what to change, as `scripts/memory_plan.py` does."""
     gpu_bytes = cfg.gpu_memory_gib * GIB if cfg.gpu_memory_gib else torch.cuda.get_device_properties(0).total_memory
     plan = plan_for(cfg, gpu_bytes, engine)
     log.info("memory plan per GPU (%.0f GiB):\n%s", gpu_bytes / GIB, plan.table())
     for warning in plan.check(gpu_bytes):
-        log.warning(
-            "%s: expect out-of-memory; see `python scripts/memory_plan.py` and the fsdp.offload_* switches", warning
-        )
+        log.warning("%s: expect out-of-memory", warning)
+    if not plan.fits(gpu_bytes):
+        from tinyzero.memory_advice import advice, run_composer  # it plans with this module
+
+        log.warning("\n".join(advice(cfg, plan, gpu_bytes, engine, run_composer())))
     return plan

@@ -1,0 +1,162 @@
+"""The memory plan's advice: each suggested change is a real override whose printed figures are the
+plan of the recipe with it, only settings the run reads are suggested, and the planning tools leave
+no run folder. Shapes come from `model.architecture` (no download)."""
+
+import logging
+import os
+import subprocess
+import sys
+from functools import cache
+
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+
+from tinyzero.memory import GIB, check_at_startup, plan_for
+from tinyzero.memory_advice import Change, advice, combination, suggestions
+
+ONE_GPU_24 = ["experiment=countdown_1.5b", "gpu_memory_gib=24"]
+
+
+@pytest.fixture
+def recipe():
+    """`recipe(overrides)`: (the config, a Composer for it), as scripts/memory_plan.py composes them."""
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+
+        def make(overrides):
+            @cache
+            def composed(groups=()):
+                return compose(config_name="train", overrides=overrides + list(groups))
+
+            return composed(), composed
+
+        yield make
+
+
+def replanned(base: list[str], change: Change):
+    """The plan of `base` with the change's overrides composed by Hydra: an override naming a key
+    the config lacks fails here."""
+    cfg = compose(config_name="train", overrides=base + change.overrides)
+    return plan_for(cfg, cfg.gpu_memory_gib * GIB, "vllm")
+
+
+def cumulative(steps):
+    applied = Change()
+    for step in steps:
+        applied = applied.then(step.change)
+        yield applied, step
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["kernels.fused_lm_head=false", "model.gradient_checkpointing=false"]],
+    ids=["recipe", "unfused-no-checkpointing"],
+)
+def test_one_gpu_recipe_that_does_not_fit_gets_real_changes_planned_as_printed(recipe, extra):
+    base = ONE_GPU_24 + extra
+    cfg, composer = recipe(base)
+    gpu_bytes = 24 * GIB
+    plan = plan_for(cfg, gpu_bytes, "vllm")
+    assert not plan.fits(gpu_bytes)
+    single = suggestions(cfg, gpu_bytes, "vllm", composer)
+    assert single and single[0].plan.fits(gpu_bytes) == (extra == [])
+    assert [s.plan.peak for s in single] == sorted(s.plan.peak for s in single)
+    printed = [" ".join(line.split()) for line in advice(cfg, plan, gpu_bytes, "vllm", composer)]
+    for s in single:
+        assert s.plan.peak < plan.peak
+        again = replanned(base, s.change)
+        assert (s.plan.train_total, s.plan.generate_total) == (again.train_total, again.generate_total)
+        # trainer=gpu builds no device mesh: FSDP2's CPU offload does not take effect there (issue 23)
+        assert not any(o.startswith("fsdp.offload") for o in s.change.overrides), s.change
+        assert f"{' '.join(s.change.overrides)} {s.plan.figures(gpu_bytes)} ({s.cost})" in printed
+    steps = combination(cfg, gpu_bytes, "vllm", composer)
+    for applied, step in cumulative(steps):
+        again = replanned(base, applied)
+        assert (step.plan.train_total, step.plan.generate_total) == (again.train_total, again.generate_total)
+        offloads = [o for o in step.change.overrides if o.startswith("fsdp.offload")]
+        assert not offloads or "trainer=fsdp" in applied.groups
+    assert steps[-1].plan.fits(gpu_bytes)
+
+
+def test_offload_is_planned_only_where_it_takes_effect(recipe):
+    gpu_bytes = 80 * GIB
+    for name, takes_effect in (("countdown_1.5b", False), ("countdown_3b", True)):
+        cfg, _ = recipe([f"experiment={name}"])
+        offloaded, _ = recipe([f"experiment={name}", "fsdp.offload_optimizer=true", "fsdp.offload_reference=true"])
+        lower = plan_for(offloaded, gpu_bytes, "vllm").train_total < plan_for(cfg, gpu_bytes, "vllm").train_total
+        assert lower == takes_effect, name
+
+
+def test_a_recipe_that_fits_gets_no_advice(recipe):
+    cfg, composer = recipe(["experiment=countdown_1.5b"])
+    plan = plan_for(cfg, 140 * GIB, "vllm")
+    assert plan.fits(140 * GIB) and advice(cfg, plan, 140 * GIB, "vllm", composer) == []
+
+
+def test_the_startup_warning_names_the_same_changes(recipe, caplog):
+    """Composed by the compose API there is no Composer (no `trainer=` change); a sharded recipe
+    is still offered its switches, offload among them."""
+    cfg, composer = recipe(["experiment=countdown_3b", "gpu_memory_gib=24"])
+    with caplog.at_level(logging.WARNING, logger="tinyzero.memory"):
+        check_at_startup(cfg, "vllm")
+    expected = advice(cfg, plan_for(cfg, 24 * GIB, "vllm"), 24 * GIB, "vllm")
+    assert "fsdp.offload_optimizer=true" in expected[1]
+    assert "\n".join(expected) in caplog.text and "expect out-of-memory" in caplog.text
+
+
+HYDRA_MAIN = """
+import hydra
+from tinyzero.memory import check_at_startup
+
+@hydra.main(version_base="1.3", config_path={conf!r}, config_name="train")
+def main(cfg):
+    check_at_startup(cfg, "vllm")
+
+main()
+"""
+
+
+def test_the_startup_warning_under_hydra_main_offers_more_gpus(tmp_path):
+    """scripts/train.py's path: the run's overrides recompose the recipe with trainer=fsdp."""
+    script = tmp_path / "start.py"
+    script.write_text(HYDRA_MAIN.format(conf=os.path.join(ROOT, "conf")))
+    result = run(script, *ONE_GPU_24, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trainer=fsdp trainer.devices=4  train 18.2 GiB, generate 19.9 GiB: fits" in result.stdout + result.stderr
+
+
+def run(script, *args, cwd):
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def listing(folder):
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, dirs, _ in os.walk(folder) for n in dirs)
+
+
+def test_memory_plan_as_readme_writes_it_exits_1_with_advice_and_leaves_no_folder(tmp_path):
+    memory_plan = os.path.join(ROOT, "scripts/memory_plan.py")
+    outputs = listing(os.path.join(ROOT, "outputs"))
+    result = run(memory_plan, *ONE_GPU_24, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    out = result.stdout
+    assert out.index("generate phase:") < out.index("the train phase needs about 57.9 GiB per GPU")
+    assert out.index("needs about") < out.index("changes that lower the peak (57.9 GiB per GPU)")
+    assert "  trainer=fsdp trainer.devices=4  train 18.2 GiB, generate 19.9 GiB: fits" in out
+    assert "fsdp.offload" not in out
+    fits = run(memory_plan, "experiment=countdown_1.5b", "gpu_memory_gib=140", cwd=tmp_path)
+    assert fits.returncode == 0 and fits.stdout.rstrip().endswith("fits in 140 GiB per GPU")
+    wrong = run(memory_plan, "experiment=countdown_1.5b", cwd=tmp_path)
+    assert wrong.returncode == 2 and "set gpu_memory_gib=" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert os.listdir(tmp_path) == [] and listing(os.path.join(ROOT, "outputs")) == outputs
+
+
+def test_gpu_check_without_cuda_leaves_no_folder(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: gpu_check would run")
+    outputs = listing(os.path.join(ROOT, "outputs"))
+    result = run(os.path.join(ROOT, "scripts/gpu_check.py"), cwd=tmp_path)
+    assert result.returncode == 2 and "no CUDA device" in result.stdout
+    assert os.listdir(tmp_path) == [] and listing(os.path.join(ROOT, "outputs")) == outputs
