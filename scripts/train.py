@@ -2,26 +2,43 @@
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from tinyzero.build import build, resume_from
 from tinyzero.callbacks import RLCheckpoint, StopOnSignal
-from tinyzero.checkpointing import run_config
+from tinyzero.checkpointing import discard_unused_run_dir, run_config
+from tinyzero.errors import report_config_error
 from tinyzero.plotting import plot_run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> str:
-    """Returns how the run ended, for the sweep summary (tinyzero.sweep)."""
+    """Returns how the run ended, for the sweep summary (tinyzero.sweep). A user's mistake is printed
+    as its message; a single run then exits 2 and leaves no run folder, a sweep's job is marked failed."""
+    try:
+        return train(cfg)
+    except Exception as err:
+        found = report_config_error(err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return f"failed ({found})"
+        discard_unused_run_dir(cfg.paths.output_dir, cfg.paths.log_dir)
+        raise SystemExit(2) from None
+
+
+def train(cfg: DictConfig) -> str:
     if StopOnSignal.caught:  # an earlier job of this sweep was stopped: start no new one
         return "not started"
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer, module, datamodule = build(cfg)
-    for callback in trainer.callbacks:
-        if isinstance(callback, RLCheckpoint):
-            callback.run_config = run_config(cfg)  # kept in each checkpoint: `ckpt_path=last` compares it
+    checkpoints = [callback for callback in trainer.callbacks if isinstance(callback, RLCheckpoint)]
+    for callback in checkpoints:
+        callback.run_config = run_config(cfg)  # kept in each checkpoint: `ckpt_path=last` compares it
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
-    if trainer.is_global_zero and trainer.loggers:
+    if any(module.rl_step == callback.resumed_at for callback in checkpoints):  # nothing trained: files untouched
+        print(f"the run was already finished at step {module.rl_step}: nothing to train, nothing written")
+    elif trainer.is_global_zero and trainer.loggers:
         print(f"run directory: {cfg.paths.output_dir}\nlearning curves: {plot_run(cfg.paths.output_dir)}")
     return f"stopped ({StopOnSignal.caught})" if StopOnSignal.caught else "finished"
 

@@ -236,8 +236,22 @@ def run_train(*overrides, timeout=300, cwd=None):
         ),
         ("algorithm=dpo", "algorithm/dpo"),
         ("data.template=chat", "data.template='chat' is not allowed"),
-        ("rollout.n=0", "rollout.n=0 must be a number >= 1"),
-        ("kernels.chunk_tokens=0", "kernels.chunk_tokens=0 must be 'auto' or an int >= 1"),
+        ("rollout.n=0", "rollout.n=0 must be an integer >= 1"),
+        ("kernels.chunk_tokens=0", "kernels.chunk_tokens=0 must be 'auto' or an integer >= 1"),
+        # issue 19, point 7: each of these once got past the checks
+        ("data.max_steps=-1", "data.max_steps=-1 must be null (data.epochs decide) or an integer >= 1"),
+        ("rollout.n=2.5", "rollout.n=2.5 must be an integer >= 1"),
+        ("data.train_batch_size=1.5", "data.train_batch_size=1.5 must be an integer >= 1"),
+        ("data.source=/tmp/no_such_data", "data.source=/tmp/no_such_data does not exist"),
+        (
+            "+algorithm.kl_coeff=0.1",
+            "+algorithm.kl_coeff adds a key that nothing reads; did you mean algorithm.kl_coef?",
+        ),  # noqa: E501
+        ("algorithm.kl_loss_coef=-0.1", "algorithm.kl_loss_coef=-0.1 must be a number >= 0"),
+        ("rollout.temperature=-1", "rollout.temperature=-1 must be a number >= 0"),
+        ("rollout.top_p=0", "rollout.top_p=0 must be a number in (0, 1]"),
+        ("algorithm.kl_coef=0.01", "algorithm.kl_coef is set but this recipe never reads it"),
+        ("task=multiplication", "task=multiplication: experiment=countdown_tiny pre-trains its base model for"),
         ("task=multiplication +task.min_count=2", "task.min_count do not belong to tinyzero.tasks.MultiplicationTask"),
         ("kernels.backend=cuda", "kernels.backend='cuda' is not allowed; choose one of ['auto', 'torch', 'triton']"),
     ],
@@ -247,8 +261,10 @@ def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
         "experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", *override.split(), timeout=60, cwd=tmp_path
     )
     assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "cache").exists(), "a model was built before the config was checked"
+    assert not (tmp_path / "outputs").exists(), "a run that never started left a run folder"
 
 
 @pytest.mark.parametrize("task", ["multiplication", "multiplication_tiny", "countdown"])
@@ -258,7 +274,7 @@ def test_a_task_switch_on_the_demo_recipe_composes(task, make_cfg):
 
     from tinyzero.build import validate
 
-    cfg = make_cfg(f"task={task}")
+    cfg = make_cfg(f"task={task}", f"model.pretrain.task={task}")
     validate(cfg)
     assert type(instantiate(cfg.task)).__name__ == ("CountdownTask" if task == "countdown" else "MultiplicationTask")
 

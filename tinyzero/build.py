@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import inspect
 import logging
 from functools import partial
+from pathlib import Path
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -14,7 +16,9 @@ from transformers.utils import logging as hf_logging
 
 from tinyzero import algorithms as alg
 from tinyzero.checkpointing import resume_path, run_config
+from tinyzero.config_keys import check_command
 from tinyzero.datamodule import OVERLONG_PROMPTS, PromptDataModule
+from tinyzero.errors import ConfigError
 from tinyzero.logprobs import BACKENDS
 from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
 from tinyzero.models.loading import DTYPES, load_tokenizer
@@ -42,8 +46,11 @@ CHOICES = {
     "kernels.backend": BACKENDS,
     "kernels.fused_lm_head": (True, False),
 }
+# counts: ints (a bool is not one), >= 1
 POSITIVE = (
     "data.train_batch_size",
+    "data.train_size",
+    "data.test_size",
     "data.max_prompt_length",
     "data.epochs",
     "rollout.n",
@@ -53,19 +60,24 @@ POSITIVE = (
     "algorithm.ppo_micro_batch_size",
     "algorithm.log_prob_micro_batch_size",
 )
-# token counts that may also take their default: (the default, as the message names it)
+# counts that may also take their default: (the default, as the message names it)
 COUNTS_OR_DEFAULT = {
+    "data.max_steps": (None, "null (data.epochs decide)"),
     "algorithm.ppo_max_token_len_per_micro_batch": (None, "null"),
     "kernels.chunk_tokens": ("auto", "'auto'"),
 }
+NON_NEGATIVE_COUNTS = ("algorithm.critic_warmup", "algorithm.lr_warmup_steps", "algorithm.nonfinite_abort_after")
 NON_NEGATIVE = (
     "algorithm.kl_coef",
+    "algorithm.kl_loss_coef",
     "algorithm.actor_lr",
     "algorithm.critic_lr",
-    "algorithm.critic_warmup",
     "algorithm.entropy_coeff",
     "algorithm.grad_clip",
+    "rollout.temperature",
 )
+# a path-like data source (not a hub name such as Jiayi-Pan/Countdown-Tasks-3to4) must exist
+LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
 
 def check_task_keys(task_cfg: DictConfig) -> None:
@@ -75,34 +87,81 @@ def check_task_keys(task_cfg: DictConfig) -> None:
     allowed = set(inspect.signature(target).parameters)
     foreign = sorted(set(task_cfg) - allowed - {"_target_"})
     if foreign:
-        raise ValueError(
+        raise ConfigError(
             f"{', '.join('task.' + key for key in foreign)} do not belong to {task_cfg._target_}, which takes "
             f"{sorted(allowed)}; a recipe's task settings stay when task= changes: remove them with "
             f"{' '.join('~task.' + key for key in foreign)} or use a recipe made for this task"
         )
 
 
-def validate(cfg: DictConfig) -> None:
-    """Fail on a wrong value before anything loads, naming the key and what is allowed."""
+def check_pretrain_task(cfg: DictConfig) -> None:
+    """A recipe that pre-trains its own base model is tuned for one task (its lengths, steps and
+    pre-training text); `task=` another would pre-train and train a model that cannot learn."""
+    made_for = OmegaConf.select(cfg, "model.pretrain.task")
+    if made_for is not None and made_for != cfg.task.name:
+        raise ConfigError(
+            f"task={cfg.task.name}: experiment={recipe_name(cfg)} pre-trains its base model for task {made_for}; "
+            f"use a recipe made for {cfg.task.name} (conf/experiment/, e.g. multiplication_tiny), or add "
+            f"model.pretrain.task={cfg.task.name} to pre-train one with this recipe's settings"
+        )
+
+
+def recipe_name(cfg: DictConfig) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get("experiment") or "?"
+    return "this recipe"
+
+
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Fail on a wrong value before anything loads, naming the key and what is allowed; `overrides`
+    (the command line's, from Hydra when it runs the script) may not set a key this recipe never reads
+    nor add one with `+` that nothing reads."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
-    for key in POSITIVE + NON_NEGATIVE:
-        value = OmegaConf.select(cfg, key)
-        bound = 1 if key in POSITIVE else 0
-        if not isinstance(value, (int, float)) or value < bound:
-            raise ValueError(f"{key}={value!r} must be a number >= {bound}")
-    check_task_keys(cfg.task)
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+    for key in POSITIVE + NON_NEGATIVE_COUNTS:
+        value, bound = OmegaConf.select(cfg, key), 1 if key in POSITIVE else 0
+        if not is_count(value) or value < bound:
+            raise ConfigError(f"{key}={value!r} must be an integer >= {bound}")
     for key, (default, name) in COUNTS_OR_DEFAULT.items():
         value = OmegaConf.select(cfg, key)
-        if value != default and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{key}={value!r} must be {name} or an int >= 1")
+        if value != default and (not is_count(value) or value < 1):
+            raise ConfigError(f"{key}={value!r} must be {name} or an integer >= 1")
+    for key in NON_NEGATIVE:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{key}={value!r} must be a number >= 0")
+    top_p = cfg.rollout.top_p
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ConfigError(f"rollout.top_p={top_p!r} must be a number in (0, 1]")
+    check_task_keys(cfg.task)
+    check_pretrain_task(cfg)
     if cfg.data.train_batch_size % cfg.algorithm.ppo_mini_batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"data.train_batch_size={cfg.data.train_batch_size} must be a multiple of "
             f"algorithm.ppo_mini_batch_size={cfg.algorithm.ppo_mini_batch_size}"
         )
+    source = str(cfg.data.source)
+    if source.startswith(LOCAL_PATH_PREFIXES) and not Path(source).expanduser().exists():
+        raise ConfigError(f"data.source={source} does not exist (a folder of parquet files, a hub name or 'generate')")
+    if "wandb" in (cfg.get("logger") or {}) and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logger=wandb needs the wandb package: pip install -e '.[wandb]'")
+    if overrides:
+        check_command(cfg, overrides)
+
+
+def command_overrides() -> list[str]:
+    """The command line's overrides when Hydra runs the script (none under the compose API)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def device_type(cfg: DictConfig) -> str:
@@ -111,7 +170,7 @@ def device_type(cfg: DictConfig) -> str:
 
 
 def build(cfg: DictConfig):
-    validate(cfg)
+    validate(cfg, command_overrides())
     where = device_type(cfg)
     engine, _ = resolve_engine(cfg.rollout.engine.kind, where)  # an engine that cannot run fails now
     attention, reason = resolve_attention(cfg.model.attn_implementation, where)
@@ -124,7 +183,8 @@ def build(cfg: DictConfig):
 
         # a private RNG stream: a run behaves the same whether the base model was cached or built now
         with torch.random.fork_rng():
-            ensure_tiny_base(cfg.model.path, task, cfg.data.template, **OmegaConf.to_container(cfg.model.pretrain))
+            settings = {k: v for k, v in OmegaConf.to_container(cfg.model.pretrain).items() if k != "task"}
+            ensure_tiny_base(cfg.model.path, task, cfg.data.template, **settings)
     memory_plan_gib = None
     if where == "cuda":
         from tinyzero.memory import GIB, check_at_startup

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tinyzero.errors import ConfigError, MissingFileError
+
 log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step_(\d+)\.ckpt$")
 CONFIG_KEY = "tinyzero_config"  # where a checkpoint keeps the resolved config of the run that saved it
@@ -24,6 +26,8 @@ CONFIG_KEY = "tinyzero_config"  # where a checkpoint keeps the resolved config o
 # the LR schedule has no end, so a finished run can be extended). Every other key must be equal.
 RUN_INDEPENDENT_KEYS = (
     "run_name",
+    "algorithm.name",  # a label for run_name; what it names is in the other algorithm keys
+    "model.pretrain.task",  # a guard on task=, not a setting
     "ckpt_path",
     "gpu_memory_gib",
     "paths",
@@ -51,7 +55,7 @@ class CorruptCheckpointError(ValueError):
 def checkpoint_step(path: str | Path) -> int:
     match = STEP_FILE.search(str(path))
     if match is None:
-        raise ValueError(f"{path} is not named step_K.ckpt")
+        raise ConfigError(f"{path} is not named step_K.ckpt")
     return int(match.group(1))
 
 
@@ -60,7 +64,7 @@ def verify_checkpoint(path: str | Path) -> None:
     whose every member passes its CRC check)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     try:
         with zipfile.ZipFile(path) as archive:
             bad_member = archive.testzip()
@@ -179,3 +183,17 @@ def prune(directory: Path, keep_last: int) -> list[Path]:
         shutil.rmtree(path)
         removed.append(path)
     return removed
+
+
+def discard_unused_run_dir(output_dir: str | Path, log_dir: str | Path) -> None:
+    """Remove a run folder that holds only what Hydra writes before the script starts (`.hydra/`, the
+    job's `.log`): a run that failed before it began is no run. The folders above it, up to and with
+    `log_dir` (`outputs/`), go too when that leaves them empty."""
+    output_dir, log_dir = Path(output_dir).absolute(), Path(log_dir).absolute()
+    if not output_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in output_dir.iterdir()):
+        return
+    shutil.rmtree(output_dir)
+    for folder in output_dir.parents:
+        if log_dir not in (folder, *folder.parents) or any(folder.iterdir()):
+            break
+        folder.rmdir()

@@ -9,6 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tinyzero.errors import ConfigError, MissingFileError
+
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 
@@ -33,16 +35,16 @@ def read_rows(path: str | Path, columns: dict[str, str]) -> list[dict]:
     types (`"int"`, `"list[int]"`) and no nulls, and to have at least one row."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist: run `python scripts/make_data.py` first")
+        raise MissingFileError(f"data file {path} does not exist: run `python scripts/make_data.py` first")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise ValueError(f"data file {path} is not a readable parquet file ({err})") from err
+        raise ConfigError(f"data file {path} is not a readable parquet file ({err})") from err
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ValueError(f"data file {path} lacks columns {missing} (has {table.column_names})")
+        raise ConfigError(f"data file {path} lacks columns {missing} (has {table.column_names})")
     if table.num_rows == 0:
-        raise ValueError(f"data file {path} has no rows")
+        raise ConfigError(f"data file {path} has no rows")
     wrong = {
         c: str(table.schema.field(c).type)
         for c, kind in columns.items()
@@ -50,10 +52,10 @@ def read_rows(path: str | Path, columns: dict[str, str]) -> list[dict]:
     }
     if wrong:
         needed = {c: columns[c] for c in wrong}
-        raise ValueError(f"data file {path} has column types {wrong}; the task needs {needed}")
+        raise ConfigError(f"data file {path} has column types {wrong}; the task needs {needed}")
     nulls = {c: table.column(c).null_count for c in columns if table.column(c).null_count}
     if nulls:
-        raise ValueError(f"data file {path} has empty values (nulls per column: {nulls})")
+        raise ConfigError(f"data file {path} has empty values (nulls per column: {nulls})")
     return table.select(list(columns)).to_pylist()
 
 
@@ -68,7 +70,7 @@ def hub_rows(name: str, split_sizes: dict[str, int], columns: dict[str, str]) ->
     table = datasets.load_dataset(name, split="train")
     needed = sum(split_sizes.values())
     if len(table) < needed:
-        raise ValueError(f"data set {name} has {len(table)} rows, fewer than the {needed} asked for")
+        raise ConfigError(f"data set {name} has {len(table)} rows, fewer than the {needed} asked for")
     out, start = {}, 0
     for split, size in split_sizes.items():
         out[split] = table.select(range(start, start + size)).select_columns(list(columns)).to_list()
@@ -100,19 +102,22 @@ def make_splits(
         if len(test) == test_size:
             break
     else:
-        raise ValueError(f"task {task.name} yields fewer than data.test_size={test_size} distinct problems")
+        raise ConfigError(f"task {task.name} yields fewer than data.test_size={test_size} distinct problems")
     for round_ in range(max_rounds):
         train += [r for r in task.generate(train_size, seed=seed + round_) if problem_key(r) not in test]
         if len(train) >= train_size:
             return {"train": train[:train_size], "test": list(test.values())}
-    raise ValueError(f"task {task.name} has too few problems outside the test set to fill data.train_size={train_size}")
+    raise ConfigError(
+        f"task {task.name} has too few problems outside the test set to fill data.train_size={train_size}"
+    )
 
 
 def ensure_data(
     task, directory: str | Path, source: str, train_size: int, test_size: int, seed: int
 ) -> dict[str, Path]:
     """Paths of `train.parquet` and `test.parquet` in `directory`, written first if missing or
-    made from another task configuration (recorded in `spec.json`)."""
+    made from another task configuration (recorded in `spec.json`). Files without a `spec.json`
+    are the user's own: they are read as they are, never overwritten."""
     directory = Path(directory)
     paths = {split: directory / f"{split}.parquet" for split in SPLITS}
     spec = json.dumps(
@@ -121,6 +126,9 @@ def ensure_data(
         default=str,
     )
     spec_path = directory / "spec.json"
+    if all(p.exists() for p in paths.values()) and not spec_path.exists():
+        log.info("using your data files in %s (no spec.json: not written here, so never rewritten)", directory)
+        return paths
     if not all(p.exists() for p in paths.values()) or not spec_path.exists() or spec_path.read_text() != spec:
         log.info("writing %s data (%d train, %d test) to %s", task.name, train_size, test_size, directory)
         splits = make_splits(task, source, {"train": train_size, "test": test_size}, seed)

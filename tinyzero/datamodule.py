@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tinyzero.data import ensure_data, read_rows
+from tinyzero.errors import ConfigError
 from tinyzero.tasks import render_prompt
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class PromptSet(Dataset):
         overlong: str,
     ):
         if overlong not in OVERLONG_PROMPTS:
-            raise ValueError(
+            raise ConfigError(
                 f"data.overlong_prompts={overlong!r} is not allowed; choose one of {list(OVERLONG_PROMPTS)}"
             )
         texts = [render_prompt(task.question(row), template) for row in rows]
@@ -42,7 +43,7 @@ class PromptSet(Dataset):
         self.num_overlong = len(overlong_rows)
         if overlong_rows and overlong == "error":
             i = overlong_rows[0]
-            raise ValueError(
+            raise ConfigError(
                 f"{split}: {len(overlong_rows)} of {len(rows)} prompts are longer than data.max_prompt_length="
                 f"{max_prompt_length} (row {i} has {len(token_ids[i])} tokens); raise the limit or set "
                 f"data.overlong_prompts to drop or truncate"
@@ -64,7 +65,7 @@ class PromptSet(Dataset):
                 max_prompt_length,
             )
         if not self.items:
-            raise ValueError(f"{split}: every prompt is longer than data.max_prompt_length={max_prompt_length}")
+            raise ConfigError(f"{split}: every prompt is longer than data.max_prompt_length={max_prompt_length}")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -100,9 +101,9 @@ class StepBatchSampler(Sampler):
         world_size: int = 1,
     ):
         if batch_size > num_items:
-            raise ValueError(f"data.train_batch_size={batch_size} exceeds the {num_items} training prompts")
+            raise ConfigError(f"data.train_batch_size={batch_size} exceeds the {num_items} training prompts")
         if batch_size % world_size:
-            raise ValueError(f"data.train_batch_size={batch_size} must divide evenly over {world_size} ranks")
+            raise ConfigError(f"data.train_batch_size={batch_size} must divide evenly over {world_size} ranks")
         self.num_items, self.batch_size, self.total_steps, self.seed = num_items, batch_size, total_steps, seed
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
         self.steps_per_epoch = num_items // batch_size

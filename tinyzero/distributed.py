@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from tinyzero.errors import ConfigError
+
 
 def fsdp2_policies(fsdp, role: str, device_type: str) -> dict:
     """`fully_shard` keyword arguments for `role` ("policy", "critic" or "reference") from the
@@ -22,7 +24,7 @@ def fsdp2_policies(fsdp, role: str, device_type: str) -> dict:
     key = "offload_reference" if role == "reference" else "offload_optimizer"
     if fsdp[key]:
         if device_type != "cuda":
-            raise ValueError(f"fsdp.{key}=true needs CUDA (FSDP2's CPUOffloadPolicy), the models are on {device_type}")
+            raise ConfigError(f"fsdp.{key}=true needs CUDA (FSDP2's CPUOffloadPolicy), the models are on {device_type}")
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
     return kwargs
 

@@ -1,11 +1,15 @@
-"""A Hydra callback for `-m` sweeps: a signal stops the whole sweep, not only its current job, and a
-summary of every job (its outcome and how it ended) is written once the sweep ends."""
+"""`-m` sweeps: every job's config is checked before the first starts (a sweeper), a signal stops the
+whole sweep, not only its current job, and a summary of every job (its outcome and how it ended) is
+written once the sweep ends (a callback)."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
@@ -13,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyzero.callbacks import StopOnSignal
 from tinyzero.compare import STATUS_FILE, compare, format_table
-from tinyzero.config_keys import check_sweep
+from tinyzero.config_keys import check_unread
+from tinyzero.errors import report_config_error
 
 IN_PROCESS = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # runs the jobs one after another
 
@@ -32,8 +37,13 @@ class SweepSummary(Callback):
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        check_sweep(config)  # a swept key the recipe never reads: refused before the first job
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
+        try:
+            check_jobs(config, config_name)
+        except Exception as err:
+            report_config_error(err)
+            # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings
+            raise SystemExit(2) from None
         if config.hydra.launcher._target_ != IN_PROCESS:
             return  # each job is a process of its own (SLURM): its `StopOnSignal` is all it needs
         names = OmegaConf.select(config, "callbacks.stop_on_signal.signals", default=None) or []
@@ -47,6 +57,22 @@ class SweepSummary(Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         summarize_sweep(Path(config.hydra.sweep.dir))
+
+
+def check_jobs(config: DictConfig, config_name: str) -> None:
+    """Compose and validate every job of the sweep before the first starts (no sweep folder exists
+    yet): a swept key the recipe never reads (`algorithm.kl_coef` under GRPO, whose KL is a loss
+    term: every job would compute the same run) or a bad value stops the sweep, naming the key."""
+    from tinyzero.build import validate
+
+    arguments = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*arguments, *config.hydra.overrides.task])
+    swept = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    for batch in BasicSweeper.split_arguments(overrides, None):
+        for job in batch:
+            job_cfg = compose(config_name, overrides=job)
+            check_unread(job_cfg, swept, how="swept")
+            validate(job_cfg, job)
 
 
 def job_status(job_return: JobReturn) -> str:

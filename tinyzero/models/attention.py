@@ -7,6 +7,8 @@ import importlib.util
 
 import torch
 
+from tinyzero.errors import ConfigError
+
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
 
 
@@ -26,15 +28,17 @@ def resolve_attention(choice: str, device_type: str) -> tuple[str, str]:
     """
     if choice not in ATTENTION_CHOICES:
         allowed = list(ATTENTION_CHOICES)
-        raise ValueError(f"model.attn_implementation={choice!r} is not allowed; choose one of {allowed}")
+        raise ConfigError(f"model.attn_implementation={choice!r} is not allowed; choose one of {allowed}")
     if choice == "flash_attention_2":
         if not flash_attn_available():
-            raise ValueError(
+            raise ConfigError(
                 "model.attn_implementation=flash_attention_2 but flash-attn is not installed: "
                 "pip install '.[flash]', or use model.attn_implementation=auto"
             )
         if device_type != "cuda":
-            raise ValueError(f"model.attn_implementation=flash_attention_2 needs CUDA, the models are on {device_type}")
+            raise ConfigError(
+                f"model.attn_implementation=flash_attention_2 needs CUDA, the models are on {device_type}"
+            )
         return choice, "set in config"
     if choice != "auto":
         return choice, "set in config"

@@ -17,6 +17,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from tinyzero.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -24,14 +26,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer at {path} has no EOS token: rollouts could never stop")
+        raise ConfigError(f"tokenizer at {path} has no EOS token: rollouts could never stop")
     if tokenizer.pad_token_id is None:
         log.info("tokenizer at %s has no pad token: padding with EOS %r", path, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token

@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from tinyzero.errors import ConfigError
+
 PHASES = ("weights", "kv_cache")
 
 # Sampling seeds: rank r at RL step s owns the 2**24 seeds from seed + (s · 2**16 + r) · 2**24, one
@@ -28,15 +30,15 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.n < 1:
-            raise ValueError(f"rollout.n must be >= 1, got {self.n}")
+            raise ConfigError(f"rollout.n must be >= 1, got {self.n}")
         if self.temperature == 0 and self.n > 1:
-            raise ValueError(f"greedy sampling (temperature 0) would give rollout.n={self.n} identical responses")
+            raise ConfigError(f"greedy sampling (temperature 0) would give rollout.n={self.n} identical responses")
         if self.temperature < 0:
-            raise ValueError(f"rollout.temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"rollout.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     def seed_at(self, step: int, rank: int) -> int:
         """The first seed of `rank`'s block at RL `step` (see `SEED_BLOCK_BITS`)."""

@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from tinyzero.errors import ConfigError
 from tinyzero.rollout.compiled import CompiledEngine
 from tinyzero.rollout.hf import HFEngine
 
@@ -24,14 +25,14 @@ def resolve_engine(kind: str, device_type: str) -> tuple[str, str]:
     """(engine, reason): vLLM needs the package and CUDA; the compiled engine's CUDA graphs pay
     off on CUDA (it runs anywhere, eagerly on CPU); transformers' generate runs anywhere."""
     if kind not in ENGINE_KINDS:
-        raise ValueError(f"rollout.engine.kind={kind!r} is not allowed; choose one of {list(ENGINE_KINDS)}")
+        raise ConfigError(f"rollout.engine.kind={kind!r} is not allowed; choose one of {list(ENGINE_KINDS)}")
     if kind == "vllm":
         if not vllm_available():
-            raise ValueError(
+            raise ConfigError(
                 "rollout.engine.kind=vllm but vLLM is not installed: pip install '.[gpu]', or rollout.engine.kind=auto"
             )
         if device_type != "cuda":
-            raise ValueError(f"rollout.engine.kind=vllm needs CUDA, the trainer is on {device_type}")
+            raise ConfigError(f"rollout.engine.kind=vllm needs CUDA, the trainer is on {device_type}")
         return kind, "set in config"
     if kind in ("compiled", "hf"):
         return kind, "set in config"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
+from tinyzero.errors import ConfigError
 from tinyzero.tasks.arith import UnsafeExpression, evaluate, last_answer, literals, parse_expression
 
 QUESTION = (
@@ -96,13 +97,13 @@ class CountdownTask:
         answer_scope: str = "anywhere",
     ):
         if not 2 <= min_count <= max_count:
-            raise ValueError(f"task.min_count/max_count must satisfy 2 <= min <= max, got {min_count}, {max_count}")
+            raise ConfigError(f"task.min_count/max_count must satisfy 2 <= min <= max, got {min_count}, {max_count}")
         if not operations or set(operations) - set("+-*/"):
-            raise ValueError(f"task.operations must be a non-empty subset of '+-*/', got {operations!r}")
+            raise ConfigError(f"task.operations must be a non-empty subset of '+-*/', got {operations!r}")
         if question not in ("full", "short"):
-            raise ValueError(f"task.question must be one of ['full', 'short'], got {question!r}")
+            raise ConfigError(f"task.question must be one of ['full', 'short'], got {question!r}")
         if answer_scope not in ANSWER_SCOPES:
-            raise ValueError(f"task.answer_scope must be one of {list(ANSWER_SCOPES)}, got {answer_scope!r}")
+            raise ConfigError(f"task.answer_scope must be one of {list(ANSWER_SCOPES)}, got {answer_scope!r}")
         self.answer_scope = answer_scope
         self.min_count, self.max_count = min_count, max_count
         self.min_number, self.max_number, self.max_target = min_number, max_number, max_target

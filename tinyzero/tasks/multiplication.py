@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 
+from tinyzero.errors import ConfigError
 from tinyzero.tasks.arith import last_answer
 
 QUESTION = (
@@ -45,16 +46,16 @@ class MultiplicationTask:
         times_table: bool = False,
     ):
         if digits_a < 1 or digits_b < 1:
-            raise ValueError(f"task.digits_a and task.digits_b must be >= 1, got {digits_a}, {digits_b}")
+            raise ConfigError(f"task.digits_a and task.digits_b must be >= 1, got {digits_a}, {digits_b}")
         if question not in ("full", "short"):
-            raise ValueError(f"task.question must be one of ['full', 'short'], got {question!r}")
+            raise ConfigError(f"task.question must be one of ['full', 'short'], got {question!r}")
         if pretrain_format not in PRETRAIN_FORMATS:
-            raise ValueError(f"task.pretrain_format must be one of {list(PRETRAIN_FORMATS)}, got {pretrain_format!r}")
+            raise ConfigError(f"task.pretrain_format must be one of {list(PRETRAIN_FORMATS)}, got {pretrain_format!r}")
         if pretrain_format == "worked" and digits_b != 1:
-            raise ValueError(f"task.pretrain_format=worked needs task.digits_b=1, got {digits_b}")
+            raise ConfigError(f"task.pretrain_format=worked needs task.digits_b=1, got {digits_b}")
         if times_table and (pretrain_format != "worked" or digits_a == 1):
             # with one-digit factors the times table would be the task's own answers
-            raise ValueError("task.times_table needs task.pretrain_format=worked and task.digits_a > 1")
+            raise ConfigError("task.times_table needs task.pretrain_format=worked and task.digits_a > 1")
         self.digits_a, self.digits_b = digits_a, digits_b
         self.pretrain_format = pretrain_format
         self.times_table = times_table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tinyzero.errors import ConfigError
+
 BASE_SYSTEM = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with the answer."
@@ -27,5 +29,5 @@ TEMPLATES = {
 
 def render_prompt(question: str, template: str) -> str:
     if template not in TEMPLATES:
-        raise ValueError(f"data.template must be one of {sorted(TEMPLATES)}, got {template!r}")
+        raise ConfigError(f"data.template must be one of {sorted(TEMPLATES)}, got {template!r}")
     return TEMPLATES[template].format(question=question)
