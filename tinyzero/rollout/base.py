@@ -15,6 +15,17 @@ PHASES = ("weights", "kv_cache")
 # Sampling seeds: rank r at RL step s owns the 2**24 seeds from seed + (s · 2**16 + r) · 2**24, one
 # per sample, so no two samples of a run share one (ranks < 2**16; steps < 2**23 keep them in int64)
 SEED_BLOCK_BITS, SEED_RANK_BITS = 24, 16
+MASK64 = 2**64 - 1
+
+
+def generator_seed(seed: int) -> int:
+    """`seed` hashed (splitmix64's finaliser) into the 32 bits that torch's CPU generator (mt19937)
+    keeps: seeded with `seed` itself, every RL step would draw the same samples on the CPU, since
+    the steps' seeds differ only above bit 32."""
+    z = (seed + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return (z ^ (z >> 31)) >> 32
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from tinyzero.models.loading import load_policy
-from tinyzero.rollout.base import Rollouts, SamplingParams, check_tags
+from tinyzero.rollout.base import Rollouts, SamplingParams, check_tags, generator_seed
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class HFEngine:
         # A private RNG stream: sampling is seeded and leaves the trainer's RNG untouched.
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(sampling.seed)
+            torch.manual_seed(generator_seed(sampling.seed))
             for start in range(0, len(prompt_token_ids), prompts_per_chunk):
                 chunk = prompt_token_ids[start : start + prompts_per_chunk]
                 for i, response in enumerate(self._generate_chunk(chunk, sampling)):
