@@ -1,8 +1,10 @@
 """Runs that die, stop, diverge or read bad input: resume exactly, keep their checkpoints, and fail clearly."""
 
+import hashlib
 import logging
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,29 +18,47 @@ from test_training import fit, read_metrics
 
 import tinyzero.algorithms as alg
 from tinyzero.build import build, resume_from
-from tinyzero.checkpointing import CorruptCheckpointError, last_good_checkpoint, prune, resume_path, verify_checkpoint
+from tinyzero.checkpointing import (
+    CorruptCheckpointError,
+    checkpoint_step,
+    last_good_checkpoint,
+    prune,
+    resume_path,
+    verify_checkpoint,
+)
 from tinyzero.tasks import CountdownTask
 
-VOLATILE = ("time/", "perf/", "memory/", "epoch", "step")
+VOLATILE = ("time/", "perf/", "memory/")
 
 
 def step_rows(run_dir) -> dict[int, dict[str, float]]:
-    """Metrics of each RL step, without timings."""
+    """Metrics of each step, without timings: {step: {metric: value}}; step k is the state after k
+    updates (row 0 holds the evaluation before training, if any)."""
     rows = {}
     for row in read_metrics(run_dir):
-        if row.get("train/rl_step"):
-            values = {k: float(v) for k, v in row.items() if v != "" and not k.startswith(VOLATILE)}
-            rows[int(float(row["train/rl_step"]))] = values
+        rows[int(row["step"])] = {
+            k: float(v) for k, v in row.items() if v and k != "step" and not k.startswith(VOLATILE)
+        }
     return rows
 
 
-def test_resumed_run_logs_the_uninterrupted_runs_metrics(make_cfg, tmp_path):
-    """Stopped at step 2 and resumed, steps 3..5 log what a run that never stopped logs."""
+def assert_same_metrics(got: dict[int, dict[str, float]], want: dict[int, dict[str, float]], steps) -> None:
+    for step in steps:
+        assert got[step].keys() == want[step].keys(), step
+        for key, value in want[step].items():
+            assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+
+
+def test_resumed_run_logs_the_uninterrupted_runs_metrics_after_the_earlier_rows(make_cfg, tmp_path):
+    """Resumed into a new folder from step 2 of a 3-step run: metrics.csv starts with that run's rows
+    0..2 as they were, then steps 3..5 log what a run that never stopped logs."""
     common = ["callbacks.checkpoint.save_hf=false", "callbacks.checkpoint.every_n_steps=1", "algorithm.actor_lr=1e-3"]
     whole = make_cfg("data.max_steps=5", *common, f"paths.output_dir={tmp_path}/whole")
     L.seed_everything(whole.seed)
     fit(whole)
-    first = make_cfg("data.max_steps=2", *common, f"paths.output_dir={tmp_path}/first")
+    # evaluated at steps 0, 2 and 3 (the last), where the resumed run evaluates never
+    evaluated = "callbacks.rollout.eval_every_n_steps=2"
+    first = make_cfg("data.max_steps=3", *common, evaluated, f"paths.output_dir={tmp_path}/first")
     L.seed_everything(first.seed)
     fit(first)
     L.seed_everything(123)  # the resumed run must not depend on the process's RNG state
@@ -49,12 +69,12 @@ def test_resumed_run_logs_the_uninterrupted_runs_metrics(make_cfg, tmp_path):
         f"paths.output_dir={tmp_path}/resumed",
     )
     fit(resumed)
-    want, got = step_rows(tmp_path / "whole"), step_rows(tmp_path / "resumed")
-    assert sorted(got) == [3, 4, 5]
-    for step in (3, 4, 5):
-        assert got[step].keys() == want[step].keys()
-        for key, value in want[step].items():
-            assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+    earlier, got = read_metrics(tmp_path / "first"), read_metrics(tmp_path / "resumed")
+    assert [row["step"] for row in got] == ["0", "1", "2", "3", "4", "5"]
+    for mine, theirs in zip(got[:3], earlier[:3]):  # copied, timings included
+        assert {k: v for k, v in mine.items() if v} == {k: v for k, v in theirs.items() if v}
+    assert got[3]["val/accuracy"] == "" and earlier[3]["val/accuracy"] != ""  # the earlier step 3 is not kept
+    assert_same_metrics(step_rows(tmp_path / "resumed"), step_rows(tmp_path / "whole"), [3, 4, 5])
 
 
 def test_checkpoints_are_verified_and_last_skips_a_corrupt_one(make_cfg, tmp_path, caplog):
@@ -151,6 +171,95 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_ones_and_resumes(
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {directory / f'step_{newest}.ckpt'}" in result.stderr + result.stdout
     verify_checkpoint(directory / f"step_{newest + 2}.ckpt")
+
+
+KILLED_RUN_STEPS = 6
+
+
+def newest_checkpoint(directory) -> int:
+    """The step of the newest published checkpoint (0: none yet)."""
+    return max((checkpoint_step(p) for p in directory.glob("step_*.ckpt")), default=0)
+
+
+def saved_after(directory, step: int):
+    """A condition: a checkpoint newer than `step`'s is published."""
+    return lambda: newest_checkpoint(directory) > step
+
+
+def run_files(run_dir) -> dict[str, tuple[str, int]]:
+    """{path: (sha256, mtime in ns)} of the run's files but Hydra's own (`.hydra/`, the job's log) and
+    the sweep callback's `status.txt`, which every job end rewrites."""
+    files = {}
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir)
+        if path.is_file() and relative.parts[0] != ".hydra" and path.suffix != ".log" and path.name != "status.txt":
+            files[str(relative)] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+    return files
+
+
+def kill_when(process: subprocess.Popen, condition, delay: float = 0.0) -> bool:
+    """SIGKILL `process` `delay` s after `condition()` first holds; False if it exited before."""
+    deadline = time.monotonic() + 240
+    while not condition():
+        if process.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "the run made no progress in 240 s"
+        time.sleep(0.0005)
+    time.sleep(delay)
+    if process.poll() is not None:
+        return False
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return True
+
+
+def test_a_run_killed_at_random_moments_resumes_into_one_history(make_cfg, cache_dir, tmp_path):
+    """SIGKILLed up to three times and each time relaunched with `ckpt_path=last` in the same folder (as
+    a requeued job is), a run ends with the metrics of a run never killed and one metrics.csv holding
+    each step once; launched once more, finished, it changes none of its files and exits 0."""
+    settings = [
+        "algorithm=grpo",  # no critic: half the update and the checkpoint
+        f"data.max_steps={KILLED_RUN_STEPS}",
+        "callbacks.checkpoint.every_n_steps=1",
+        "callbacks.checkpoint.save_hf=false",
+        "callbacks.rollout.eval_every_n_steps=2",
+    ]
+    whole = make_cfg(*settings, f"paths.output_dir={tmp_path}/whole/run")
+    L.seed_everything(whole.seed)
+    fit(whole)  # also builds the tiny model and data the runs below share
+    run_dir = tmp_path / "killed" / "run"  # no sibling run: `last` finds only this run's checkpoints
+    directory = run_dir / "checkpoints"
+    command = train_command(run_dir, *shared_paths(cache_dir), *settings, "ckpt_path=last")
+
+    def launch(name: str) -> subprocess.Popen:
+        with open(tmp_path / f"{name}.log", "w") as log:
+            return subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+    # while step 2's checkpoint is written: its rows are on disk, the newest checkpoint is step 1's
+    assert kill_when(launch("kill_0"), lambda: (directory / "step_2.ckpt.tmp").exists())
+    assert newest_checkpoint(directory) == 1 and read_metrics(run_dir)[-1]["step"] == "2"
+    # then at a random moment (seeded) after each new checkpoint: mid-step, mid-evaluation, mid-write
+    rng, kills = random.Random(0), 1
+    for attempt in (1, 2):
+        newest, delay = newest_checkpoint(directory), rng.uniform(0, 1)
+        if newest < KILLED_RUN_STEPS:
+            kills += kill_when(launch(f"kill_{attempt}"), saved_after(directory, newest), delay)
+    assert kills >= 2
+    assert launch("last").wait(timeout=300) == 0, (tmp_path / "last.log").read_text()[-3000:]
+    assert newest_checkpoint(directory) == KILLED_RUN_STEPS
+    rows = read_metrics(run_dir)
+    columns = list(rows[0])
+    assert columns[0] == "step" and columns[1:] == sorted(columns[1:]) and not {"epoch", "train/rl_step"} & {*columns}
+    assert [row["step"] for row in rows] == [str(step) for step in range(KILLED_RUN_STEPS + 1)]
+    assert_same_metrics(step_rows(run_dir), step_rows(tmp_path / "whole" / "run"), range(KILLED_RUN_STEPS + 1))
+    assert "will be deleted" not in "".join(log.read_text() for log in tmp_path.glob("*.log"))
+
+    before = run_files(run_dir)
+    assert {"metrics.csv", "curves.png", f"checkpoints/step_{KILLED_RUN_STEPS}.ckpt"} <= before.keys()
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"already finished at step {KILLED_RUN_STEPS}" in finished.stdout
+    assert run_files(run_dir) == before
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])

@@ -20,6 +20,7 @@ from tinyzero.evaluate import wilson_interval
 from tinyzero.experience import score_rollouts
 from tinyzero.memory import phase_peak, reset_phase_peak
 from tinyzero.rollout.base import RolloutEngine, SamplingParams
+from tinyzero.run_log import METRICS_FILE, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class RolloutCallback(L.Callback):
         return rollouts
 
     def on_train_start(self, trainer, module) -> None:
+        self._start_step = module.rl_step
         # step 0 only: a resumed run's step was evaluated before its checkpoint was saved
         if self.eval_every_n_steps and module.rl_step == 0:
             self.evaluate(trainer, module)
@@ -118,12 +120,15 @@ class RolloutCallback(L.Callback):
         if self.print_samples_every_n_steps and step % self.print_samples_every_n_steps == 0 and trainer.is_global_zero:
             for text, score in list(zip(module.last_texts, module.last_scores.tolist()))[: self.num_samples_printed]:
                 print(f"[step {step}] score={score:.2f} response={text!r}")
-        if self.eval_every_n_steps and step % self.eval_every_n_steps == 0:
+        # the last step here too, before RLCheckpoint saves it: its held-out row is older than its checkpoint
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self.eval_every_n_steps and (step % self.eval_every_n_steps == 0 or last):
             self.evaluate(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
-        # a run stopped early (a signal) saves and leaves: no final evaluation in the grace period
-        if trainer.should_stop:
+        # a run stopped early (a signal) saves and leaves: no final evaluation in the grace period;
+        # a resumed run that trained no step (finished) was evaluated by the run that trained it
+        if trainer.should_stop or module.rl_step == self._start_step:
             return
         if self.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["step"] != module.rl_step):
             self.evaluate(trainer, module)
@@ -188,7 +193,9 @@ class RLCheckpoint(L.Callback):
     critic in Hugging Face format (`hf/step_K/{policy,critic}`), loadable with `from_pretrained`.
 
     Each is written under a `.tmp` name and renamed into place once whole, so a kill during a
-    save leaves the previous checkpoints intact; `keep_last` keeps only the newest few.
+    save leaves the previous checkpoints intact; `keep_last` keeps only the newest few. The loggers
+    are flushed first: every row of `metrics.csv` up to step K is on disk before `step_K.ckpt` is.
+    A resumed run's `RunLog` carries on the history of the run that saved the checkpoint.
     `run_config` (the resolved config; scripts/train.py sets it) goes into every checkpoint, so
     that `ckpt_path=last` resumes only a run with the same settings.
     """
@@ -206,6 +213,16 @@ class RLCheckpoint(L.Callback):
         self.dirpath, self.every_n_steps, self.save_hf = Path(dirpath), every_n_steps, save_hf
         self.keep_last, self.run_config = keep_last, run_config
         self._last_saved: int | None = None
+        self.resumed_at: int | None = None  # the step of the checkpoint this run resumed from
+
+    def on_train_start(self, trainer, module) -> None:
+        if trainer.ckpt_path is None:
+            return
+        self.resumed_at = self._last_saved = module.rl_step  # saved already: a finished run saves nothing again
+        history = Path(trainer.ckpt_path).parent.parent / METRICS_FILE  # <run>/checkpoints/step_K.ckpt
+        for logger in trainer.loggers:
+            if isinstance(logger, RunLog):
+                logger.resume(history, module.rl_step)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         if self.run_config is not None:
@@ -228,6 +245,8 @@ class RLCheckpoint(L.Callback):
 
     def save(self, trainer, module) -> Path:
         step = module.rl_step
+        for logger in trainer.loggers:
+            logger.save()
         path = self.dirpath / f"step_{step}.ckpt"
         temporary = path.with_name(path.name + ".tmp")
         trainer.save_checkpoint(temporary)

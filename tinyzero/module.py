@@ -457,9 +457,11 @@ class PPOModule(L.LightningModule):
         metrics["perf/generate_tokens_per_s"] = tokens / max(timings.get("time/generate", 0.0), 1e-9)
         metrics.update(timings)
         self.rl_step += 1
-        metrics["train/rl_step"] = self.rl_step
+        # logged at the RL step, as the callbacks log theirs, not at Lightning's 0-based global step
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.rl_step)
         batch_size = len(prompts["prompt_ids"])
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_dict(metrics, logger=False, on_step=True, on_epoch=False, batch_size=batch_size)  # callback_metrics
         progress = {"reward": metrics["score/mean"], "s/step": timings["time/step"]}
         self.log_dict(progress, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=batch_size)
 
