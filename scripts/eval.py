@@ -1,17 +1,29 @@
 """Score a checkpoint on a task's test set: greedy accuracy and pass@k, per-problem JSONL.
 
-`python scripts/eval.py experiment=countdown_tiny checkpoint=PATH [samples=8]`
+`python scripts/eval.py experiment=countdown_tiny checkpoint=PATH [samples=8]`; PATH is a Hugging Face model
+folder (`.../checkpoints/hf/step_K/policy`, or any other model's) or a training checkpoint `.../step_K.ckpt`.
 """
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tinyzero.checkpointing import discard_unused_run_dir
+from tinyzero.errors import report_config_error
 from tinyzero.evaluate import evaluate_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except Exception as err:
+        report_config_error(err)
+        discard_unused_run_dir(cfg.paths.output_dir, cfg.paths.log_dir)
+        raise SystemExit(2) from None
+
+
+def evaluate(cfg: DictConfig) -> None:
     result = evaluate_checkpoint(
         cfg.checkpoint,
         instantiate(cfg.task),

@@ -4,6 +4,7 @@ import copy
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ import torch
 from conftest import QUICK, ROOT
 
 from tinyzero.build import build, resume_from
-from tinyzero.callbacks import RolloutCallback
+from tinyzero.callbacks import RLCheckpoint, RolloutCallback
+from tinyzero.checkpointing import run_config
 from tinyzero.datamodule import StepBatchSampler
 from tinyzero.models import load_critic, load_policy
 
@@ -370,7 +372,9 @@ def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
     from tinyzero.evaluate import evaluate_checkpoint
 
     cfg = make_cfg("data.max_steps=1", "algorithm.actor_lr=1e-3", "callbacks.rollout.eval_every_n_steps=1")
-    trainer, module = fit(cfg)
+    trainer, module, datamodule = build(cfg)
+    next(cb for cb in trainer.callbacks if isinstance(cb, RLCheckpoint)).run_config = run_config(cfg)  # as train.py
+    trainer.fit(module, datamodule=datamodule)
     callback = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback))
     logged = callback.eval_history[-1]
     assert logged["step"] == 1
@@ -390,3 +394,35 @@ def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
     assert 0.0 <= result["pass@2"] <= 1.0
     lines = (tmp_path / "eval.jsonl").read_text().splitlines()
     assert len(lines) == result["problems"] == cfg.data.test_size
+    # a training checkpoint gives the same numbers, through its export and, without one, its own weights
+    ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "step_1.ckpt")
+    for label in ("with its export", "without"):
+        again = evaluate_checkpoint(
+            ckpt, module.task, cfg.data, 2, 1.0, cfg.rollout.max_new_tokens, 0, tmp_path / label / "eval.jsonl"
+        )
+        assert again == result, label
+        shutil.rmtree(policy, ignore_errors=True)
+    assert (tmp_path / "without" / "policy_step_1" / "config.json").exists()
+
+
+def test_eval_script_takes_a_training_checkpoint_as_readme_writes_it(tmp_path, cache_dir):
+    """README: `python scripts/eval.py experiment=countdown_tiny checkpoint=...`, here on a `.ckpt`."""
+    paths = [f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir}/data"]
+    run = run_train(*QUICK, *paths, "data.max_steps=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    script = os.path.join(ROOT, "scripts", "eval.py")
+    expected = {
+        f"{tmp_path}/run/checkpoints/step_1.ckpt": (0, "accuracy="),
+        f"{tmp_path}/run/metrics.csv": (2, "is neither a Hugging Face model folder nor a step_K.ckpt"),
+    }
+    for checkpoint, (code, needle) in expected.items():
+        result = subprocess.run(
+            [sys.executable, script, "experiment=countdown_tiny", *paths, *QUICK[3:7], f"checkpoint={checkpoint}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert result.returncode == code, result.stderr[-2000:]
+        assert needle in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr

@@ -6,8 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
+from tinyzero.checkpointing import checkpoint_step, saved_config, verify_checkpoint
 from tinyzero.data import ensure_data, read_rows
 from tinyzero.datamodule import PromptSet
+from tinyzero.errors import ConfigError, MissingFileError
 from tinyzero.experience import score_rollouts
 from tinyzero.models.loading import load_tokenizer
 from tinyzero.rollout import HFEngine, SamplingParams
@@ -25,6 +29,41 @@ def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def model_dir(checkpoint: str | Path, scratch: str | Path) -> Path:
+    """The Hugging Face folder of `checkpoint`: itself, or for a training checkpoint `step_K.ckpt` the
+    policy exported beside it (`hf/step_K/policy`), else its policy weights written under `scratch`."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "config.json").exists():
+        return checkpoint
+    if not checkpoint.exists():
+        raise MissingFileError(f"checkpoint={checkpoint} does not exist")
+    if checkpoint.suffix != ".ckpt":
+        raise ConfigError(f"checkpoint={checkpoint} is neither a Hugging Face model folder nor a step_K.ckpt")
+    step = checkpoint_step(checkpoint)
+    export = checkpoint.parent / "hf" / f"step_{step}" / "policy"
+    if (export / "config.json").exists():
+        return export
+    return export_policy(checkpoint, Path(scratch) / f"policy_step_{step}")
+
+
+def export_policy(checkpoint: Path, out: Path) -> Path:
+    """The policy of a training checkpoint saved without its Hugging Face export, as one."""
+    from transformers import AutoModelForCausalLM
+
+    verify_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    config = saved_config(checkpoint)
+    if config is None:
+        raise ConfigError(f"{checkpoint} keeps no run config (saved outside scripts/train.py) and has no hf/ export")
+    base = config["model"]["path"]
+    policy = AutoModelForCausalLM.from_pretrained(base)
+    prefix = "policy."
+    policy.load_state_dict({k[len(prefix) :]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)})
+    policy.save_pretrained(out)
+    load_tokenizer(base).save_pretrained(out)
+    return out
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     task,
@@ -36,7 +75,9 @@ def evaluate_checkpoint(
     output: str | Path,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Greedy accuracy and pass@`samples` with the training reward; per-problem JSONL at `output`."""
+    """Greedy accuracy and pass@`samples` with the training reward; per-problem JSONL at `output`.
+    `checkpoint`: a Hugging Face model folder or a training checkpoint `step_K.ckpt`."""
+    checkpoint = model_dir(checkpoint, Path(output).parent)
     tokenizer = load_tokenizer(checkpoint)
     paths = ensure_data(task, data_cfg.dir, data_cfg.source, data_cfg.train_size, data_cfg.test_size, data_cfg.seed)
     rows = read_rows(paths["test"], task.columns)
