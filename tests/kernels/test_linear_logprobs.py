@@ -1,7 +1,10 @@
 """Chunked lm_head + log-prob + entropy against float64 autograd, both backends (Triton under TRITON_INTERPRET=1)."""
 
 import copy
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,11 +13,12 @@ from tinyzero.kernels.linear_logprobs import (
     linear_logprobs_and_entropy,
     linear_logprobs_and_entropy_reference,
 )
+from tolerances import assert_within, decoder_bound, logprob_bounds, relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tinyzero.acceptance import float64_linear_logprobs, relative_error
+from tinyzero.acceptance import float64_linear_logprobs
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+OUTPUTS = ("logprobs", "entropy", "dhidden", "dweight")
 
 
 def make_inputs(n, h, v, dtype=torch.float32, seed=0, padded=False):
@@ -43,10 +47,15 @@ def fused(hidden, weight, labels, temperature, grads, **kwargs):
     return lp, entropy, h.grad, w.grad
 
 
-def assert_close(got, want, tol):
-    names = ("logprobs", "entropy", "dhidden", "dweight")
-    errors = {name: relative_error(g, w) for name, g, w in zip(names, got, want)}
-    assert all(e < tol for e in errors.values()), errors
+def assert_close(got, want, bounds, sides=1):
+    """Each of (log p, H, dhidden, dweight) within its rounding bound (`logprob_bounds`)."""
+    errors = {name: relative_error(g, w) for name, g, w in zip(OUTPUTS, got, want)}
+    over = {
+        name: f"{errors[name]:.3g} > {sides * bounds[name]:.3g}"
+        for name in OUTPUTS
+        if errors[name] > sides * bounds[name]
+    }
+    assert not over, over
 
 
 def random_shape(seed):
@@ -76,7 +85,49 @@ def test_torch_path_matches_float64(n, h, v, chunk, temperature):
     got = fused(hidden, weight, labels, temperature, grads, chunk_tokens=chunk)
     assert got[0].dtype == got[1].dtype == torch.float32
     assert got[2].dtype == got[3].dtype == torch.float32
-    assert_close(got, reference(hidden, weight, labels, temperature, grads), 1e-5)
+    assert_close(got, reference(hidden, weight, labels, temperature, grads), logprob_bounds(torch.float32, v, h, n))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 64, "auto"])
+@pytest.mark.parametrize("v, temperature", [(151_936, 0.8), (151_665, 1.0)])
+def test_qwen_vocabularies_at_each_chunk_size_and_thread_count(v, temperature, chunk, threads):
+    """Issue 19: on an AMD EPYC dhidden was 2.2e-5 and 5.6e-5 off float64 here (a sum over V in
+    MKL's vendor-neutral kernels), against a bound of 1e-5 tuned on an Intel Xeon; the chunk
+    sets the GEMM's M (1 and 2 take other kernels), the threads its split."""
+    hidden, weight, labels, grads = make_inputs(3, 16, v, seed=3 + 16 + v)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = fused(hidden, weight, labels, temperature, grads, chunk_tokens=chunk)
+    finally:
+        torch.set_num_threads(before)
+    assert_close(got, reference(hidden, weight, labels, temperature, grads), logprob_bounds(torch.float32, v, 16, 3))
+
+
+def test_the_vendor_neutral_mkl_path_as_on_amd_cpus():
+    """The test above under MKL_CBWR=COMPATIBLE (the code path MKL takes on AMD CPUs, which gave
+    issue 19's errors exactly on an Intel Xeon) and torch's AVX2 kernels, in a fresh process: MKL
+    reads both when it loads. Without MKL (other BLAS builds) they are ignored."""
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2"}
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "qwen_vocabularies"]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_the_bounds_fail_a_wrong_result():
+    """At Qwen2.5's vocabulary, where the bounds are widest: a 0.1 % error in dhidden, the tokens
+    of one dropped chunk and a temperature off by 0.1 % each exceed them."""
+    n, h, v, temperature = 3, 16, 151_665, 1.0
+    hidden, weight, labels, grads = make_inputs(n, h, v, seed=n + h + v)
+    want = reference(hidden, weight, labels, temperature, grads)
+    bounds = logprob_bounds(torch.float32, v, h, n)
+    got = fused(hidden, weight, labels, temperature, grads, chunk_tokens=2)
+    assert relative_error(got[2] * (1 + 1e-3), want[2]) > bounds["dhidden"]
+    first_chunk = fused(hidden[:2], weight, labels[:2], temperature, (grads[0][:2], grads[1][:2]))
+    assert relative_error(first_chunk[3], want[3]) > bounds["dweight"]
+    warmer = fused(hidden, weight, labels, temperature * (1 + 1e-3), grads, chunk_tokens=2)
+    assert any(relative_error(g, w) > bounds[name] for name, g, w in zip(OUTPUTS, warmer, want))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -85,7 +136,7 @@ def test_triton_backend_matches_float64(dtype, n, h, v, chunk):
     hidden, weight, labels, grads = make_inputs(n, h, v, dtype, seed=v)
     got = fused(hidden, weight, labels, 0.9, grads, chunk_tokens=chunk, backend="triton")
     assert got[2].dtype == got[3].dtype == dtype
-    assert_close(got, reference(hidden, weight, labels, 0.9, grads), TOLERANCE[dtype])
+    assert_close(got, reference(hidden, weight, labels, 0.9, grads), logprob_bounds(dtype, v, h, n))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -94,14 +145,16 @@ def test_chunk_size_does_not_change_the_result(backend):
     whole = fused(hidden, weight, labels, 1.1, grads, chunk_tokens=12, backend=backend)
     for chunk in (1, 5, 64):
         got = fused(hidden, weight, labels, 1.1, grads, chunk_tokens=chunk, backend=backend)
-        assert all(relative_error(g, w.double()) < 1e-6 for g, w in zip(got, whole))
+        assert_close(got, whole, logprob_bounds(torch.float32, 333, 24, 12), sides=2)
 
 
 def test_equals_the_unfused_reference():
     hidden, weight, labels, _ = make_inputs(40, 32, 500, seed=6)
     got = linear_logprobs_and_entropy(hidden, weight, labels, 0.7, chunk_tokens=16)
     want = linear_logprobs_and_entropy_reference(hidden, weight, labels, 0.7)
-    assert all(torch.allclose(g, w, rtol=1e-5, atol=1e-6) for g, w in zip(got, want))
+    bounds = logprob_bounds(torch.float32, 500, 32)
+    assert_within(got[0], want[0], 2 * bounds["logprobs"], "logprobs")
+    assert_within(got[1], want[1], 2 * bounds["entropy"], "entropy")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -116,13 +169,15 @@ def test_gradient_only_where_asked():
     """A frozen weight (or hidden states that need no gradient) skip that product; no_grad keeps no graph."""
     hidden, weight, labels, grads = make_inputs(30, 16, 200, seed=7)
     _, _, want_dhidden, want_dweight = reference(hidden, weight, labels, 1.0, grads)
+    bounds = logprob_bounds(torch.float32, 200, 16, 30)
     for needs in ("hidden", "weight"):
         h = hidden.clone().requires_grad_(needs == "hidden")
         w = weight.clone().requires_grad_(needs == "weight")
         lp, entropy = linear_logprobs_and_entropy(h, w, labels, chunk_tokens=8)
         ((lp * grads[0]).sum() + (entropy * grads[1]).sum()).backward()
         got, want, other = (h, want_dhidden, w) if needs == "hidden" else (w, want_dweight, h)
-        assert relative_error(got.grad, want) < 1e-5 and other.grad is None
+        assert_within(got.grad, want, bounds[f"d{needs}"], needs)
+        assert other.grad is None
     with torch.no_grad():
         lp, _ = linear_logprobs_and_entropy(hidden.requires_grad_(True), weight, labels)
     assert lp.grad_fn is None
@@ -151,9 +206,11 @@ def test_tied_embeddings_get_the_gradient_of_both_uses(tied):
     want_entropy = -(log_p.exp() * log_p).sum(-1)
     (log_p.gather(1, labels[:, None]).sum() + 0.1 * want_entropy.sum()).backward()
 
-    assert relative_error(entropy, want_entropy.detach()) < 1e-5
+    # float32 against float64: one side rounds
+    assert_within(entropy, want_entropy.detach(), decoder_bound(torch.float32, 2, 32, 64, 24, 300, sides=1), "entropy")
+    grad_bound = decoder_bound(torch.float32, 2, 32, 64, 24, 300, backward=True, sides=1)
     for (name, p), p64 in zip(model.named_parameters(), model64.parameters()):
-        assert relative_error(p.grad, p64.grad) < 1e-5, name
+        assert_within(p.grad, p64.grad, grad_bound, name)
 
 
 class LargestTensor(TorchDispatchMode):
