@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from tinyzero import algorithms as alg
 from tinyzero.checkpointing import resume_path, run_config
 from tinyzero.config_keys import check_command
+from tinyzero.console import quiet_known_noise
 from tinyzero.datamodule import OVERLONG_PROMPTS, PromptDataModule
 from tinyzero.errors import ConfigError
 from tinyzero.logprobs import BACKENDS
@@ -171,6 +172,7 @@ def device_type(cfg: DictConfig) -> str:
 
 def build(cfg: DictConfig):
     validate(cfg, command_overrides())
+    quiet_known_noise()
     where = device_type(cfg)
     engine, _ = resolve_engine(cfg.rollout.engine.kind, where)  # an engine that cannot run fails now
     attention, reason = resolve_attention(cfg.model.attn_implementation, where)

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from tinyzero.checkpointing import CONFIG_KEY, prune, publish
+from tinyzero.console import format_samples, show
 from tinyzero.distributed import full_state_dict, iter_full_weights
 from tinyzero.evaluate import wilson_interval
 from tinyzero.experience import score_rollouts
@@ -118,8 +119,7 @@ class RolloutCallback(L.Callback):
         if self.dump_dir is not None:
             self.dump(trainer, module, batch)
         if self.print_samples_every_n_steps and step % self.print_samples_every_n_steps == 0 and trainer.is_global_zero:
-            for text, score in list(zip(module.last_texts, module.last_scores.tolist()))[: self.num_samples_printed]:
-                print(f"[step {step}] score={score:.2f} response={text!r}")
+            self.print_samples(trainer, module, batch)
         # the last step here too, before RLCheckpoint saves it: its held-out row is older than its checkpoint
         last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if self.eval_every_n_steps and (step % self.eval_every_n_steps == 0 or last):
@@ -140,6 +140,23 @@ class RolloutCallback(L.Callback):
             metrics.update({f"memory/plan_{phase}_gib": gib for phase, gib in self.memory_plan_gib.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+
+    def print_samples(self, trainer, module, batch) -> None:
+        """The first response to each of `num_samples_printed` different prompts of this step."""
+        first_response = {}
+        for i, slot in enumerate(self._last_rollouts.prompt_index):
+            first_response.setdefault(slot, i)
+        chosen = list(first_response.items())[: self.num_samples_printed]
+        prompts = [module.tokenizer.decode(batch["prompt_ids"][slot], skip_special_tokens=True) for slot, _ in chosen]
+        scores = module.last_scores.tolist()
+        text = format_samples(
+            module.rl_step,
+            prompts,
+            [batch["ground_truth"][slot] for slot, _ in chosen],
+            [module.last_texts[i] for _, i in chosen],
+            [scores[i] for _, i in chosen],
+        )
+        show(trainer, text)
 
     def dump(self, trainer, module, batch) -> None:
         """This rank's responses of the step just trained: prompt index, response, score."""
@@ -175,9 +192,10 @@ class RolloutCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in result.items() if k != "step"}, step=module.rl_step)
         if trainer.is_global_zero:
-            print(
+            show(
+                trainer,
                 f"[step {module.rl_step}] held-out greedy accuracy {result['val/accuracy']:.3f} "
-                f"(95% CI {low:.3f}-{high:.3f}, mean score {result['val/score']:.3f}, {int(totals[2])} problems)"
+                f"(95% CI {low:.3f}-{high:.3f}, mean score {result['val/score']:.3f}, {int(totals[2])} problems)",
             )
         return result
 
@@ -249,7 +267,7 @@ class RLCheckpoint(L.Callback):
             logger.save()
         path = self.dirpath / f"step_{step}.ckpt"
         temporary = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(temporary)
+        trainer.save_checkpoint(temporary, weights_only=False)  # the optimizer too: resume is exact
         export = self.dirpath / "hf" / f"step_{step}"
         export_tmp = export.with_name(export.name + ".tmp")
         if self.save_hf:
