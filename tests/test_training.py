@@ -408,8 +408,16 @@ def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
 def test_eval_script_takes_a_training_checkpoint_as_readme_writes_it(tmp_path, cache_dir):
     """README: `python scripts/eval.py experiment=countdown_tiny checkpoint=...`, here on a `.ckpt`."""
     paths = [f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir}/data"]
-    run = run_train(*QUICK, *paths, "data.max_steps=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    samples = ["callbacks.rollout.print_samples_every_n_steps=1", "rollout.n=4"]
+    run = run_train(*QUICK, *paths, "data.max_steps=1", *samples, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
+    printed = run.stdout + run.stderr
+    for noise in ("in eval mode", "will be deleted", "weights_only", "GPU available", "LeafSpec", "Epoch 0"):
+        assert noise not in printed, noise
+    # two samples of two different prompts, each with its prompt, target and reward on lines of their own
+    prompts = [line for line in run.stdout.splitlines() if line.startswith("  prompt:   ")]
+    assert len(prompts) == 2 and prompts[0] != prompts[1], run.stdout
+    assert run.stdout.count("\n  target:   {") == 2 and "[step 1] sample 2 of 2, reward " in run.stdout
     script = os.path.join(ROOT, "scripts", "eval.py")
     expected = {
         f"{tmp_path}/run/checkpoints/step_1.ckpt": (0, "accuracy="),
