@@ -15,8 +15,15 @@ class RLProgressBar(TQDMProgressBar):
     counts batches of "Epoch 0" (one epoch is the whole run here) and, resumed, starts from 0 of an
     unknown total."""
 
+    def on_train_start(self, trainer, module) -> None:
+        super().on_train_start(trainer, module)
+        self.count_rl_steps(trainer, module)  # a resumed run starts mid-epoch: no epoch start comes
+
     def on_train_epoch_start(self, trainer, module, *args) -> None:
         super().on_train_epoch_start(trainer, module, *args)
+        self.count_rl_steps(trainer, module)
+
+    def count_rl_steps(self, trainer, module) -> None:
         bar = self.train_progress_bar
         bar.reset(total=trainer.datamodule.total_steps)
         bar.initial = bar.n = module.rl_step  # a resumed run goes on from its checkpoint's step
