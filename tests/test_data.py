@@ -14,6 +14,17 @@ def test_generated_splits_are_disjoint_and_deterministic(tmp_path):
     assert not {repr(r) for r in train} & {repr(r) for r in test}
 
 
+def test_a_users_own_data_files_are_read_and_never_rewritten(tmp_path):
+    task = CountdownTask(min_count=2, max_count=2, max_number=9, operations="+*")
+    mine = {"train": [{"target": 7, "nums": [3, 4]}] * 5, "test": [{"target": 12, "nums": [3, 4]}] * 2}
+    for split, rows in mine.items():
+        write_rows(rows, tmp_path / f"{split}.parquet")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    paths = ensure_data(task, tmp_path, "generate", 300, 50, seed=1)  # no spec.json: not ours to rewrite
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == before
+    assert {split: read_rows(path, task.columns) for split, path in paths.items()} == mine
+
+
 def test_hub_schema_loads_from_a_local_parquet(tmp_path):
     # The schema of Jiayi-Pan/Countdown-Tasks-3to4: `target`, `nums`; read through `datasets`.
     rows = [{"target": 10 + i, "nums": [i + 1, 2, 3]} for i in range(12)]

@@ -273,6 +273,14 @@ def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
     assert not (tmp_path / "outputs").exists(), "a run that never started left a run folder"
 
 
+def test_a_gpu_recipe_without_vllm_says_what_to_install_in_one_line(tmp_path):
+    result = run_train("experiment=countdown_3b", timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: rollout.engine.kind=vllm")
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("task", ["multiplication", "multiplication_tiny", "countdown"])
 def test_a_task_switch_on_the_demo_recipe_composes(task, make_cfg):
     """The demo's task settings live in its task config, so `task=` swaps all of them."""
