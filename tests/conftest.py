@@ -27,8 +27,8 @@ def tiny_dir(tmp_path_factory):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = [
-    "experiment=countdown_tiny",
-    "algorithm=ppo",  # the demo runs GRPO; most tests exercise the critic too
+    "experiment=countdown_tiny_ppo",  # the demo runs GRPO; most tests exercise the critic too
+    "algorithm=ppo",
     "run_name=test",
     "model.pretrain.steps=10",
     "model.pretrain.num_texts=500",

@@ -12,7 +12,7 @@ from conftest import ROOT
 
 README = Path(ROOT, "README.md").read_text()
 GRPO_SWEEP = "python scripts/train.py -m experiment=countdown_tiny algorithm.kl_loss_coef=0,0.001,0.01"
-PPO_SWEEP = "python scripts/train.py -m experiment=countdown_tiny algorithm=ppo sweep=kl"
+PPO_SWEEP = "python scripts/train.py -m experiment=countdown_tiny_ppo sweep=kl"
 COMPARE = "python scripts/compare.py outputs/multirun/<run_name>/<time>"
 PRINT_RECIPE = "python scripts/train.py experiment=countdown_3b --cfg job --resolve"
 
