@@ -186,6 +186,20 @@ def test_sample_tokens_keeps_to_the_nucleus():
     assert sample_tokens(logits[:2], temperature=0, top_p=1.0).tolist() == [0, 0]
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sample_tokens_draws_each_token_at_its_probability(temperature):
+    """Each token's share of 20 000 draws lies within 4 standard errors of its probability at the
+    temperature (p^(1/τ), renormalised); a token of probability 0 is never drawn."""
+    probs = torch.tensor([0.4, 0.0, 0.25, 0.2, 0.1, 0.05])
+    expected = probs ** (1 / temperature) / (probs ** (1 / temperature)).sum()
+    torch.manual_seed(0)
+    drawn = sample_tokens(probs.log().repeat(20000, 1), temperature=temperature, top_p=1.0)
+    share = torch.bincount(drawn, minlength=len(probs)) / len(drawn)
+    standard_error = (expected * (1 - expected) / len(drawn)).sqrt()
+    assert share[1] == 0
+    assert ((share - expected).abs() <= 4 * standard_error).all(), (share, expected)
+
+
 def test_batch_buckets():
     assert [batch_bucket(b, 256) for b in (1, 8, 9, 16, 17, 128, 200, 256)] == [8, 8, 16, 16, 32, 128, 256, 256]
     assert batch_bucket(100, 96) == 96
@@ -200,9 +214,8 @@ def test_engine_limits_name_the_setting(model_dir, tmp_path):
     LlamaForCausalLM(
         LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     ).save_pretrained(tmp_path / "llama")
-    engine = CompiledEngine(str(tmp_path / "llama"), 1, 0)
     with pytest.raises(ValueError, match="compiled decodes Qwen2 models, this one is 'llama'"):
-        engine.wake_up()
+        CompiledEngine(str(tmp_path / "llama"), 1, 0)
 
 
 def test_grouped_attention_equals_sdpa_over_repeated_heads():

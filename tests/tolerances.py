@@ -94,6 +94,26 @@ def decoder_bound(
     return rounding_bound(dtype, sums, ops, sides)
 
 
+def ppo_step_bound(cfg) -> float:
+    """Relative error of one PPO / GRPO step's losses, metrics and gradients on the tiny model of
+    `cfg` (a composed training config), two float32 paths: `decoder_bound` with the backward,
+    for the step's train_batch_size · rollout.n sequences of up to max_prompt_length +
+    max_new_tokens tokens each. A metric is a mean of terms no larger than log V (log-probs,
+    entropies, whitened advantages, squared value errors): where it cancels to ~0, the bound
+    times log V is its absolute floor."""
+    shape = cfg.model.pretrain.model
+    tokens = (cfg.data.max_prompt_length + cfg.rollout.max_new_tokens) * cfg.data.train_batch_size * cfg.rollout.n
+    return decoder_bound(
+        torch.float32,
+        shape.num_layers,
+        shape.hidden_size,
+        shape.intermediate_size,
+        tokens,
+        cfg.model.pretrain.vocab_size,
+        backward=True,
+    )
+
+
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """‖got − want‖ / ‖want‖ in float64 over all elements: an element near 0 does not blow it up."""
     want = want.double()

@@ -37,7 +37,10 @@ def unread_keys(cfg: DictConfig) -> dict[str, str]:
             why = "algorithm.kl_ctrl=fixed: β stays algorithm.kl_coef (kl_ctrl=adaptive reads it)"
             unread |= dict.fromkeys(("algorithm.target_kl", "algorithm.kl_horizon"), why)
     if algorithm.adv_estimator == "grpo":
-        why = "algorithm.adv_estimator=grpo has no critic: group-normalised advantages (algorithm=ppo, e.g. experiment=countdown_tiny_ppo, has one)"
+        why = (
+            "algorithm.adv_estimator=grpo has no critic: group-normalised advantages "
+            "(algorithm=ppo has one, e.g. experiment=countdown_tiny_ppo)"
+        )
         critic_keys = ("algorithm.critic_lr", "algorithm.clip_range_value", "algorithm.gamma", "algorithm.lam")
         unread |= dict.fromkeys((*critic_keys, "model.critic_path"), why)
     else:

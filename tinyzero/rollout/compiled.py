@@ -16,11 +16,13 @@ import torch
 
 from tinyzero.rollout.base import SamplingParams, check_tags
 from tinyzero.rollout.hf import HFEngine
-from tinyzero.rollout.static_decoder import StaticDecoder
+from tinyzero.rollout.static_decoder import StaticDecoder, check_decodable
 
 log = logging.getLogger(__name__)
 
-DONE_CHECK_EVERY = 8  # decoding steps between checks that every sequence has ended (a host sync)
+# decoding steps between checks that every sequence has ended: on CUDA the check is a host sync;
+# elsewhere it costs nothing, and the engine checks after every step (a step past the last EOS is waste)
+CUDA_DONE_CHECK_EVERY = 8
 
 
 def batch_bucket(batch: int, max_batch_size: int) -> int:
@@ -32,7 +34,11 @@ def batch_bucket(batch: int, max_batch_size: int) -> int:
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Next tokens `[B]` from `logits [B, vocab]`: argmax at temperature 0, else a draw from the
     softmax at `temperature` restricted to the nucleus (the most probable tokens whose mass first
-    reaches `top_p`), from torch's current generator."""
+    reaches `top_p`), from torch's current generator.
+
+    The draw inverts the cumulative distribution at one uniform number per row: `multinomial`
+    draws an exponential per vocabulary entry on the CPU (a ninth of a tiny model's decoding step);
+    a token of zero probability repeats the sum before it and is never the first to exceed it."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -40,14 +46,18 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> tor
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         beyond_nucleus = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(beyond_nucleus, 0))
-    return torch.multinomial(probs, 1).squeeze(-1)
+    cumulative = probs.cumsum(-1)
+    draws = torch.rand(len(probs), 1, device=probs.device, dtype=cumulative.dtype) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, draws, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 class CompiledEngine(HFEngine):
     """The transformers engine's weights, sleep and weight pushes (copied in place, so captured
-    graphs stay valid) with its own decoding loop. The cache, `max_batch_size` sequences ×
-    `max_model_len` tokens, exists while `kv_cache` is awake; graphs are captured on first use
-    of each bucket after a wake-up and dropped at `sleep`."""
+    graphs stay valid) with its own decoding loop. With CUDA graphs the cache, `max_batch_size`
+    sequences × `max_model_len` tokens, exists while `kv_cache` is awake; graphs are captured on
+    first use of each bucket after a wake-up and dropped at `sleep`. Decoding eagerly (on CPU),
+    each chunk gets a cache of its own sequences × its prompt width and `max_new_tokens`, as
+    transformers' cache holds what is used."""
 
     def __init__(self, *args, max_model_len: int = 2048, cuda_graphs: bool = True, **kwargs):
         """`args` and `kwargs` as `HFEngine`'s (its `max_batch_size` is the cache's rows)."""
@@ -56,6 +66,7 @@ class CompiledEngine(HFEngine):
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graph_pool = None
         super().__init__(*args, **kwargs)
+        check_decodable(self.model.config)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
 
     def sleep(self) -> None:
@@ -65,14 +76,15 @@ class CompiledEngine(HFEngine):
     def wake_up(self, tags: Sequence[str] | None = None) -> None:
         tags = check_tags(tags)
         super().wake_up(tags)
-        if "kv_cache" in tags and self.decoder is None:
+        if "kv_cache" in tags and self.decoder is None and self.cuda_graphs:
             self.decoder = StaticDecoder(self.model, self.max_batch_size, self.max_model_len, self.device)
 
-    def _step(self, batch: int) -> torch.Tensor:
-        """One decoding step of the first `batch` rows: logits `[batch, vocab]`."""
-        bucket = batch_bucket(batch, self.max_batch_size)
+    def _step(self, batch: int, used_slots: int) -> torch.Tensor:
+        """One decoding step of the first `batch` rows, whose tokens fill cache slots `0 … used_slots − 1`:
+        logits `[batch, vocab]`. Eagerly it attends over those slots only; a graph over all of them."""
         if not self.cuda_graphs:
-            return self.decoder.step(bucket)[:batch]
+            return self.decoder.step(batch, used_slots)
+        bucket = batch_bucket(batch, self.max_batch_size)
         if bucket not in self.graphs:
             # warm up on a side stream (what capture requires), then record the step once
             stream = torch.cuda.Stream(self.device)
@@ -100,17 +112,20 @@ class CompiledEngine(HFEngine):
             )
         input_ids, valid = self._left_padded(prompts)  # every prompt ends at slot width − 1
         batch = len(prompts) * sampling.n
+        if not self.cuda_graphs:
+            self.decoder = StaticDecoder(self.model, batch, width + sampling.max_new_tokens, self.device)
         logits = self.decoder.prefill(input_ids, valid, copies=sampling.n)
         logits = logits.repeat_interleave(sampling.n, 0)
         responses = torch.full((batch, sampling.max_new_tokens), self.pad_token_id, device=self.device)
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        check_every = CUDA_DONE_CHECK_EVERY if self.device.type == "cuda" else 1
         for t in range(sampling.max_new_tokens):
             tokens = sample_tokens(logits, sampling.temperature, sampling.top_p).masked_fill(done, self.pad_token_id)
             responses[:, t] = tokens
             done |= tokens == self.eos_token_id
-            if t + 1 == sampling.max_new_tokens or ((t + 1) % DONE_CHECK_EVERY == 0 and bool(done.all())):
+            if t + 1 == sampling.max_new_tokens or ((t + 1) % check_every == 0 and bool(done.all())):
                 break
             self.decoder.step_tokens[:batch, 0] = tokens
             self.decoder.step_slot.fill_(width + t)
-            logits = self._step(batch)
+            logits = self._step(batch, used_slots=width + t + 1)
         return self._until_eos(responses)

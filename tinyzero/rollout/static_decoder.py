@@ -27,6 +27,17 @@ def grouped_attention(
     return (weights @ values).view(batch, heads, length, dim)
 
 
+def check_decodable(config) -> None:
+    """Raise unless the model is one this decoder's math is: Qwen2 without sliding-window attention."""
+    if config.model_type != "qwen2":
+        raise ValueError(
+            f"rollout.engine.kind=compiled decodes Qwen2 models, this one is {config.model_type!r}: "
+            "use rollout.engine.kind=hf"
+        )
+    if getattr(config, "use_sliding_window", False):
+        raise ValueError("rollout.engine.kind=compiled has no sliding-window attention: use rollout.engine.kind=hf")
+
+
 class StaticDecoder:
     """A `[layers, max_batch_size, kv_heads, max_len, head_dim]` key and value cache and the
     forward passes that fill it: `prefill` writes the prompts, `step` decodes one token for
@@ -38,13 +49,7 @@ class StaticDecoder:
 
     def __init__(self, model: torch.nn.Module, max_batch_size: int, max_len: int, device: torch.device):
         config = model.config
-        if config.model_type != "qwen2":
-            raise ValueError(
-                f"rollout.engine.kind=compiled decodes Qwen2 models, this one is {config.model_type!r}: "
-                "use rollout.engine.kind=hf"
-            )
-        if getattr(config, "use_sliding_window", False):
-            raise ValueError("rollout.engine.kind=compiled has no sliding-window attention: use rollout.engine.kind=hf")
+        check_decodable(config)
         self.base, self.lm_head = model.model, model.lm_head
         self.max_batch_size, self.max_len = max_batch_size, max_len
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -113,12 +118,15 @@ class StaticDecoder:
         self.step_tokens[rows:] = 0
         return logits
 
-    def step(self, batch: int) -> torch.Tensor:
+    def step(self, batch: int, used_slots: int | None = None) -> torch.Tensor:
         """Decode `step_tokens[:batch]` at slot `step_slot`: logits `[batch, vocab]`. Reads only the
-        step buffers and the cache, so it can be captured as a graph and replayed."""
-        keys, values = self.keys[:, :batch], self.values[:, :batch]
+        step buffers and the cache, so it can be captured as a graph and replayed. Attends over the
+        first `used_slots` cache slots (eager decoding: `step_slot + 1`, the later ones are masked
+        anyway), or over all `max_len` when None (the fixed shapes a captured graph needs)."""
+        used = used_slots or self.max_len
+        keys, values = self.keys[:, :batch, :, :used], self.values[:, :batch, :, :used]
         positions = self.step_slot - self.step_padding[:batch, None]
-        mask = (self.step_valid[:batch] & (self.slots <= self.step_slot))[:, None, None, :]
+        mask = (self.step_valid[:batch, :used] & (self.slots[:used] <= self.step_slot))[:, None, None, :]
 
         def store(layer: int, k: torch.Tensor, v: torch.Tensor):
             keys[layer].index_copy_(2, self.step_slot, k)
