@@ -52,7 +52,7 @@ def engine_of(trainer):
 def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(mode, make_cfg, tmp_path):
     """16 sequences of random lengths in one mini-batch: 1, 2 and 4 micro-batches, and micro-batches
     packed by a token budget (each trimmed to its own longest row), give the same losses and
-    gradients (relative 1e-6) for the policy and the critic."""
+    gradients (within `ppo_step_bound`) for the policy and the critic."""
     runs = {}
     # rows per micro-batch, or a token budget: rows sorted by length, packed up to 150 tokens
     for micro in (16, 8, 4, "150 tokens"):
@@ -238,7 +238,7 @@ def test_on_policy_shortcut_skips_the_old_logprob_pass_only_when_valid(
     overrides, shortcut, make_cfg, monkeypatch, tmp_path
 ):
     """One epoch of one mini-batch: the old log-prob pass is skipped, and the update is the one
-    the separate pass gives (relative 1e-6)."""
+    the separate pass gives (within `ppo_step_bound`)."""
     results = {}
     for name, allow in (("shortcut", True), ("separate", False)):
         out = tmp_path / name
