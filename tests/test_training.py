@@ -257,20 +257,31 @@ def run_train(*overrides, timeout=300, cwd=None):
         ("rollout.temperature=-1", "rollout.temperature=-1 must be a number >= 0"),
         ("rollout.top_p=0", "rollout.top_p=0 must be a number in (0, 1]"),
         ("algorithm.kl_coef=0.01", "algorithm.kl_coef is set but this recipe never reads it"),
-        ("task=multiplication", "task=multiplication: experiment=countdown_tiny pre-trains its base model for"),
+        ("task=multiplication", "task=multiplication: this recipe pre-trains its base model for task countdown_easy"),
         ("task=multiplication +task.min_count=2", "task.min_count do not belong to tinyzero.tasks.MultiplicationTask"),
         ("kernels.backend=cuda", "kernels.backend='cuda' is not allowed; choose one of ['auto', 'torch', 'triton']"),
     ],
 )
 def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
-    result = run_train(
-        "experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", *override.split(), timeout=60, cwd=tmp_path
-    )
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr
-    assert message in result.stderr + result.stdout
+    """What `scripts/train.py` does with the command's overrides, in this process: compose, then `build`,
+    whose checks come before anything loads."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = ["experiment=countdown_tiny", f"paths.cache_dir={tmp_path}/cache", *override.split()]
+    with pytest.raises(Exception) as failure:  # Hydra's own errors come from compose, ours from build
+        with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+            build(compose(config_name="train", overrides=overrides), overrides)
+    assert message in str(failure.value)
     assert not (tmp_path / "cache").exists(), "a model was built before the config was checked"
-    assert not (tmp_path / "outputs").exists(), "a run that never started left a run folder"
+
+
+def test_a_config_error_prints_one_line_exits_2_and_leaves_no_run_folder(tmp_path):
+    result = run_train(
+        "experiment=countdown_tiny", "data.max_steps=-1", f"paths.cache_dir={tmp_path}/cache", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: data.max_steps=-1 must be null (data.epochs decide) or an integer >= 1"
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "outputs").exists()
 
 
 def test_a_gpu_recipe_without_vllm_says_what_to_install_in_one_line(tmp_path):
@@ -345,16 +356,19 @@ def test_fsdp2_two_process_run_splits_rollouts_across_ranks(tmp_path, cache_dir,
 
 
 def test_kernel_paths_give_the_eager_losses(make_cfg, tmp_path):
-    """The PPO step with the Triton kernels (under the interpreter) and with the fused lm_head
-    (no [tokens, vocab] logits) matches the eager, unfused reference."""
+    """The PPO step with the Triton kernels (under the interpreter), with the fused lm_head
+    (no [tokens, vocab] logits) and with each prompt's forward shared by its responses matches
+    the eager, unfused reference."""
     logged = {}
-    paths = {"eager": ("torch", False), "fused torch": ("torch", True), "triton": ("triton", False)}
-    paths["fused triton"] = ("triton", True)
-    for name, (backend, fused) in paths.items():
+    paths = {"eager": ("torch", False, False), "fused torch": ("torch", True, False)}
+    paths |= {"triton": ("triton", False, False), "fused triton": ("triton", True, False)}
+    paths["shared prompts"] = ("torch", False, True)
+    for name, (backend, fused, shared) in paths.items():
         cfg = make_cfg(
             "data.max_steps=1",
             f"kernels.backend={backend}",
             f"kernels.fused_lm_head={fused}",
+            f"model.share_prompt_forward={shared}",
             "kernels.chunk_tokens=5",
             f"paths.output_dir={tmp_path}/{name.replace(' ', '_')}",
             "callbacks.checkpoint.save_hf=false",

@@ -101,7 +101,7 @@ def check_pretrain_task(cfg: DictConfig) -> None:
     made_for = OmegaConf.select(cfg, "model.pretrain.task")
     if made_for is not None and made_for != cfg.task.name:
         raise ConfigError(
-            f"task={cfg.task.name}: experiment={recipe_name(cfg)} pre-trains its base model for task {made_for}; "
+            f"task={cfg.task.name}: {recipe_name(cfg)} pre-trains its base model for task {made_for}; "
             f"use a recipe made for {cfg.task.name} (conf/experiment/, e.g. multiplication_tiny), or add "
             f"model.pretrain.task={cfg.task.name} to pre-train one with this recipe's settings"
         )
@@ -110,8 +110,8 @@ def check_pretrain_task(cfg: DictConfig) -> None:
 def recipe_name(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices.get("experiment") or "?"
+    if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("experiment"):
+        return f"experiment={HydraConfig.get().runtime.choices.experiment}"
     return "this recipe"
 
 
@@ -144,6 +144,11 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
         raise ConfigError(f"rollout.top_p={top_p!r} must be a number in (0, 1]")
     check_task_keys(cfg.task)
     check_pretrain_task(cfg)
+    if cfg.model.share_prompt_forward and (cfg.model.gradient_checkpointing or cfg.kernels.fused_lm_head):
+        raise ConfigError(
+            "model.share_prompt_forward=true passes each prompt's cache to its responses, which "
+            "model.gradient_checkpointing and kernels.fused_lm_head do not keep: set it or both of them to false"
+        )
     if cfg.data.train_batch_size % cfg.algorithm.ppo_mini_batch_size:
         raise ConfigError(
             f"data.train_batch_size={cfg.data.train_batch_size} must be a multiple of "
@@ -170,8 +175,9 @@ def device_type(cfg: DictConfig) -> str:
     return "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
 
 
-def build(cfg: DictConfig):
-    validate(cfg, command_overrides())
+def build(cfg: DictConfig, overrides: list[str] | None = None):
+    """`overrides`: the command line's (Hydra's, when it runs the script: see `validate`)."""
+    validate(cfg, command_overrides() if overrides is None else overrides)
     quiet_known_noise()
     where = device_type(cfg)
     engine, _ = resolve_engine(cfg.rollout.engine.kind, where)  # an engine that cannot run fails now
