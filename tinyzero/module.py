@@ -110,6 +110,8 @@ class PPOModule(L.LightningModule):
         self.kernels_backend, self.rollout_temperature = kernels_backend, rollout_temperature
         # kernels.fused_lm_head: log-probs through the chunked lm_head kernel, never [tokens, vocab] logits
         self.head_kernels = {"fused_head": fused_lm_head, "chunk_tokens": chunk_tokens}
+        # model.share_prompt_forward: a micro-batch's rows of one prompt share one pass over it
+        self.share_prompts = model.share_prompt_forward
         self.max_new_tokens = max_new_tokens  # rollout.max_new_tokens: a response this long was cut off
         self.use_critic = algorithm.adv_estimator == "gae"
         # KL to the reference is always measured (a kl_coef=0 run's drift is what a KL sweep asks
@@ -231,6 +233,7 @@ class PPOModule(L.LightningModule):
                 self.rollout_temperature,
                 self.kernels_backend,
                 with_entropy=False,
+                share_prompts=self.share_prompts,
                 **self.head_kernels,
             )[0]
 
@@ -368,7 +371,14 @@ class PPOModule(L.LightningModule):
 
         def actor_losses(idx, ids, am, longest, num_tokens, num_seqs):
             logprobs, entropy = response_logprobs(
-                self.policy, ids, am, longest, self.rollout_temperature, self.kernels_backend, **self.head_kernels
+                self.policy,
+                ids,
+                am,
+                longest,
+                self.rollout_temperature,
+                self.kernels_backend,
+                share_prompts=self.share_prompts,
+                **self.head_kernels,
             )
             mask = rows("response_mask", idx, longest)
             old_logprobs = rows("old_logprobs", idx, longest) if "old_logprobs" in exp else logprobs.detach()
