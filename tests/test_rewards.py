@@ -279,7 +279,7 @@ def test_multiplication_score_of_any_string(response, product):
     assert score in (0.0, 0.1, 1.0)
 
 
-def test_the_times_table_is_a_tenth_of_pretraining_and_never_a_task_problem():
+def test_the_times_table_is_its_share_of_pretraining_and_never_a_task_problem():
     from tinyzero.pretrain import pretraining_texts
 
     task = MultiplicationTask(digits_a=2, digits_b=1, question="short", pretrain_format="worked", times_table=True)
@@ -287,6 +287,9 @@ def test_the_times_table_is_a_tenth_of_pretraining_and_never_a_task_problem():
     assert len(facts) == 100 and facts[42][1] == "<think> 4*2=8 </think> <answer> 8 </answer>"
     asked = {(r["a"], r["b"]) for r in task.generate(5000, seed=0)}
     assert not asked & {(row["a"], row["b"]) for row, _ in facts}
-    texts = pretraining_texts(task, "plain", 2000, seed=0)
-    assert len(texts) == 2000 and sum("</think> <answer>" in t and "," not in t for t in texts) == 200
+    for share, table_texts in ((0.1, 200), (0.15, 300)):
+        texts = pretraining_texts(task, "plain", 2000, seed=0, facts_share=share)
+        assert len(texts) == 2000 and sum("</think> <answer>" in t and "," not in t for t in texts) == table_texts
+    with pytest.raises(ValueError, match=r"model.pretrain.facts_share=1.0 must be in \[0, 1\)"):
+        pretraining_texts(task, "plain", 2000, seed=0, facts_share=1.0)
     assert MultiplicationTask().known_facts() == [] and CountdownTask().known_facts() == []
