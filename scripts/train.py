@@ -1,5 +1,7 @@
 """Train: `python scripts/train.py experiment=countdown_tiny` (any recipe in conf/experiment/)."""
 
+from pathlib import Path
+
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -36,10 +38,12 @@ def train(cfg: DictConfig) -> str:
     for callback in checkpoints:
         callback.run_config = run_config(cfg)  # kept in each checkpoint: `ckpt_path=last` compares it
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
-    if any(module.rl_step == callback.resumed_at for callback in checkpoints):  # nothing trained: files untouched
+    curves = Path(cfg.paths.output_dir) / "curves.png"
+    finished_before = any(module.rl_step == callback.resumed_at for callback in checkpoints)
+    if finished_before and curves.exists():  # nothing trained: files untouched
         print(f"the run was already finished at step {module.rl_step}: nothing to train, nothing written")
-    elif trainer.is_global_zero and trainer.loggers:
-        print(f"run directory: {cfg.paths.output_dir}\nlearning curves: {plot_run(cfg.paths.output_dir)}")
+    elif trainer.is_global_zero and trainer.loggers:  # also a run killed after its last checkpoint, before its plot
+        print(f"run directory: {cfg.paths.output_dir}\nlearning curves: {plot_run(cfg.paths.output_dir, curves)}")
     return f"stopped ({StopOnSignal.caught})" if StopOnSignal.caught else "finished"
 
 

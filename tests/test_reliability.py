@@ -314,6 +314,16 @@ def test_a_run_killed_at_random_moments_resumes_into_one_history(make_cfg, cache
     assert f"already finished at step {KILLED_RUN_STEPS}" in finished.stdout
     assert run_files(run_dir) == before
 
+    # killed after its last checkpoint, before its plot (as a kill above may land): the relaunch draws it
+    (run_dir / "curves.png").unlink()
+    redrawn = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert redrawn.returncode == 0, redrawn.stderr[-3000:]
+    assert "learning curves:" in redrawn.stdout and "already finished" not in redrawn.stdout
+    after = run_files(run_dir)
+    assert after.keys() == before.keys() and {k: v for k, v in after.items() if k != "curves.png"} == {
+        k: v for k, v in before.items() if k != "curves.png"
+    }
+
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_a_signal_saves_a_checkpoint_and_exits_cleanly(signum, make_cfg, cache_dir, tmp_path):

@@ -186,6 +186,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw `run_dir`'s curves to `out` (default `run_dir/curves.png`); returns the PNG's path."""
     fig = run_figure(run_dir)
     out = Path(out) if out else Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=110)
+    partial = out.with_name(out.name + ".tmp")  # a run killed while drawing leaves no half-written PNG
+    fig.savefig(partial, dpi=110, format="png")
     pyplot().close(fig)
+    partial.replace(out)
     return out
