@@ -119,6 +119,7 @@ def read_probe(path, rank):
     return json.loads((path / f"beta_rank_{rank}.json").read_text())
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: in `make test`, not in the quick `-m "not slow"` run
 def test_two_gloo_ranks_train_as_one_and_resume_keeps_beta_on_every_rank(make_cfg, cache_dir, tmp_path):
     """PPO with an adaptive KL coefficient on the same rollouts: a 2-process FSDP2 (gloo) run has
     the 1-process run's losses, gradients (token-mean over both ranks' tokens, advantages whitened

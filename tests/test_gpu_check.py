@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,6 +28,7 @@ def test_without_cuda_it_says_so_and_exits_2(tmp_path):
     assert "no CUDA device" in result.stdout
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: in `make test`, not in the quick `-m "not slow"` run
 def test_cpu_mode_runs_every_stage_and_prints_the_summary_last(tmp_path):
     result = run("--cpu", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -175,6 +175,7 @@ print("PEAK_BYTES", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - 
 """
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: in `make test`, not in the quick `-m "not slow"` run
 def test_memory_plan_is_within_2x_of_the_measured_cpu_peak(tmp_path):
     """A 12M-parameter model's PPO step on CPU: the plan's train phase against the measured peak RSS."""
     from hydra import compose, initialize_config_dir

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import QUICK, ROOT
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: in `make test`, not in the quick `-m "not slow"` run
 def test_a_signal_stops_the_sweep_and_each_job_resumes_its_own_checkpoint(tmp_path, cache_dir, make_cfg):
     """SIGTERM during job 0: it saves and stops, job 1 never starts, and the summary says so; the same
     sweep launched again with `ckpt_path=last` resumes job 0 and starts job 1 fresh."""

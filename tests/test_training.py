@@ -432,6 +432,7 @@ def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
     assert (tmp_path / "without" / "policy_step_1" / "config.json").exists()
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: in `make test`, not in the quick `-m "not slow"` run
 def test_eval_script_takes_a_training_checkpoint_as_readme_writes_it(tmp_path, cache_dir):
     """README: `python scripts/eval.py experiment=countdown_tiny checkpoint=...`, here on a `.ckpt`."""
     paths = [f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir}/data"]
