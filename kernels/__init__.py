@@ -15,6 +15,8 @@ except ModuleNotFoundError as error:  # no triton (no wheels off Linux): the tor
     _missing = error
 
     def __getattr__(name: str):
+        if name not in __all__:  # e.g. `__version__`, which transformers probes with getattr(..., default)
+            raise AttributeError(f"module 'tinyzero.kernels' has no attribute {name!r}")
         raise ImportError(f"tinyzero.kernels.{name} needs triton ({_missing})")
 
 

@@ -1,5 +1,8 @@
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(code, cwd):
@@ -34,3 +37,22 @@ def test_package_level_kernel_exports(tmp_path):
     result = run(code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['gae', 'linear_logprobs_and_entropy', 'logprobs_and_entropy']"
+
+
+def test_without_triton_the_package_and_transformers_still_import_from_the_checkout():
+    """`make demo` installs no triton: from the repo root (where `kernels/` shadows the HF package
+    transformers probes with getattr(kernels, "__version__", ...)) the model code imports, and a
+    kernel names what it needs."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # as if not installed
+        "import kernels, tinyzero.kernels\n"
+        "from transformers.models.qwen2 import modeling_qwen2\n"
+        "assert getattr(kernels, '__version__', 'absent') == 'absent'\n"
+        "try:\n"
+        "    from tinyzero.kernels import gae\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = run(code, ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "tinyzero.kernels.gae needs triton" in result.stdout
