@@ -11,13 +11,14 @@ $(BIN)/python:
 
 # CPU torch first (the build on local disk), so no dependency pulls a CUDA build. The demo needs
 # the package alone; the tests add pytest and triton (its interpreter runs the kernel tests).
+# --no-compile: Python compiles the modules a run imports, not all of torch and transformers (half the install).
 $(VENV)/.installed-base: setup.py $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q --no-compile -e .
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.installed-base
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-compile -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
