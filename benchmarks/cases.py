@@ -3,8 +3,8 @@
 import torch
 from tinyzero.kernels.linear_logprobs import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
 
-from tinyzero.algorithms import compute_gae
-from tinyzero.logprobs import logprobs_and_entropy_torch
+from tinyzero.ppo.algorithms import compute_gae
+from tinyzero.ppo.logprobs import logprobs_and_entropy_torch
 
 VOCAB = 151_936
 

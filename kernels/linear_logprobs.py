@@ -188,7 +188,7 @@ def _check(hidden, weight, labels, temperature, chunk_tokens, backend) -> int:
         if not can_run(hidden):
             raise ValueError(
                 "backend='triton' needs triton and CUDA tensors (or TRITON_INTERPRET=1); "
-                "choose it with tinyzero.logprobs.resolve_backend"
+                "choose it with tinyzero.ppo.logprobs.resolve_backend"
             )
     if chunk_tokens == "auto":
         return auto_chunk_tokens(weight.shape[0], hidden.dtype)
@@ -212,7 +212,7 @@ def linear_logprobs_and_entropy(
     `chunk_tokens`: tokens per chunk, or "auto" (`auto_chunk_tokens`: 512 MiB of logits).
     `backend`: "torch" (any device, exact float32 math) or "triton" (the fused kernels of
     `tinyzero.kernels.logprobs` on each chunk; CUDA or TRITON_INTERPRET=1), as resolved by
-    `tinyzero.logprobs.resolve_backend`. Under FSDP2 pass the weight read inside the root
+    `tinyzero.ppo.logprobs.resolve_backend`. Under FSDP2 pass the weight read inside the root
     module's forward (module docstring)."""
     chunk = _check(hidden, weight, labels, temperature, chunk_tokens, backend)
     return LinearLogprobsEntropy.apply(hidden, weight, labels.contiguous(), float(temperature), chunk, backend)
@@ -222,7 +222,7 @@ def linear_logprobs_and_entropy_reference(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unfused: the whole `[N, V]` logits, then the eager log-prob + entropy; float32 `[N]` each."""
-    # imported here: tinyzero.logprobs imports this module
-    from tinyzero.logprobs import logprobs_and_entropy_torch
+    # imported here: tinyzero.ppo.logprobs imports this module
+    from tinyzero.ppo.logprobs import logprobs_and_entropy_torch
 
     return logprobs_and_entropy_torch(hidden @ weight.T, labels, temperature)

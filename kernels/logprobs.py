@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from tinyzero.kernels._runtime import interpreting
 
-from tinyzero.logprobs import logprobs_and_entropy_torch as logprobs_and_entropy_reference  # noqa: F401
+from tinyzero.ppo.logprobs import logprobs_and_entropy_torch as logprobs_and_entropy_reference  # noqa: F401
 
 # finite stand-in for −inf: keeps exp(m_old − m_new) defined for all −inf rows. A global read
 # inside @triton.jit must be a constexpr: the compiler refuses a plain float (the interpreter does not).

@@ -9,7 +9,7 @@ wrote when it ended, remade: every job, the status column included.
 import argparse
 from pathlib import Path
 
-from tinyzero.compare import compare, format_table
+from tinyzero.analysis.compare import compare, format_table
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tinyzero.evaluate import wilson_interval  # noqa: E402
-from tinyzero.plotting import read_curves  # noqa: E402
+from tinyzero.analysis.evaluate import wilson_interval  # noqa: E402
+from tinyzero.analysis.plotting import read_curves  # noqa: E402
 
 PHASES = ("time/generate", "time/experience", "time/update", "time/push_weights")
 

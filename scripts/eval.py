@@ -8,9 +8,9 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tinyzero.checkpointing import discard_unused_run_dir
+from tinyzero.analysis.evaluate import evaluate_checkpoint
 from tinyzero.errors import report_config_error
-from tinyzero.evaluate import evaluate_checkpoint
+from tinyzero.train.checkpointing import discard_unused_run_dir
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

@@ -4,7 +4,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tinyzero.data import ensure_data
+from tinyzero.data.sources import ensure_data
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="make_data")

@@ -4,7 +4,7 @@
 import argparse
 from pathlib import Path
 
-from tinyzero.plotting import MetricsNotFound, read_steps
+from tinyzero.analysis.plotting import MetricsNotFound, read_steps
 
 COLUMNS = {
     "push s": "time/push_weights",

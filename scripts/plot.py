@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from tinyzero.plotting import MetricsNotFound, plot_run
+from tinyzero.analysis.plotting import MetricsNotFound, plot_run
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

@@ -8,16 +8,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tinyzero.build import build, resume_from
-from tinyzero.callbacks import RLCheckpoint, StopOnSignal
-from tinyzero.checkpointing import discard_unused_run_dir, run_config
+from tinyzero.analysis.plotting import plot_run
 from tinyzero.errors import report_config_error
-from tinyzero.plotting import plot_run
+from tinyzero.train.build import build, resume_from
+from tinyzero.train.callbacks import RLCheckpoint, StopOnSignal
+from tinyzero.train.checkpointing import discard_unused_run_dir, run_config
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> str:
-    """Returns how the run ended, for the sweep summary (tinyzero.sweep). A user's mistake is printed
+    """Returns how the run ended, for the sweep summary (tinyzero.analysis.sweep). A user's mistake is printed
     as its message; a single run then exits 2 and leaves no run folder, a sweep's job is marked failed."""
     try:
         return train(cfg)

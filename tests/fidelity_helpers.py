@@ -16,9 +16,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tinyzero import algorithms as alg
 from tinyzero.distributed import full_tensor
-from tinyzero.module import sum_ranks
+from tinyzero.ppo import algorithms as alg
+from tinyzero.ppo.module import sum_ranks
 from tinyzero.rollout.base import Rollouts, check_tags
 from tinyzero.tasks import CountdownTask
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tolerances import assert_within, rounding_bound
 
-from tinyzero import algorithms as alg
+from tinyzero.ppo import algorithms as alg
 
 SEEDS = range(24)
 

@@ -1,4 +1,4 @@
-from tinyzero.behaviour import behaviour_rates
+from tinyzero.tasks.behaviour import behaviour_rates
 
 
 def test_behaviour_rates_count_responses_not_phrases():

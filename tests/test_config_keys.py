@@ -1,4 +1,4 @@
-"""Keys a command or a recipe sets must be keys the run reads (tinyzero/config_keys.py)."""
+"""Keys a command or a recipe sets must be keys the run reads (tinyzero/train/config_keys.py)."""
 
 import os
 from pathlib import Path
@@ -8,8 +8,8 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tinyzero.config_keys import check_command, flat_keys, unread_keys
 from tinyzero.errors import ConfigError
+from tinyzero.train.config_keys import check_command, flat_keys, unread_keys
 
 EXPERIMENTS = Path(ROOT, "conf", "experiment")
 RECIPES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))

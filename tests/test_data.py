@@ -1,6 +1,6 @@
 import pytest
 
-from tinyzero.data import ensure_data, hub_rows, read_rows, write_rows
+from tinyzero.data.sources import ensure_data, hub_rows, read_rows, write_rows
 from tinyzero.tasks import CountdownTask, MultiplicationTask
 
 
@@ -84,7 +84,7 @@ def tokenizer(tiny_dir):
 
 
 def test_overlong_prompts_are_dropped_truncated_or_rejected_and_counted(tokenizer, caplog):
-    from tinyzero.datamodule import PromptSet
+    from tinyzero.data.datamodule import PromptSet
     from tinyzero.tasks import render_prompt
 
     task = MultiplicationTask()

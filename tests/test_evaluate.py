@@ -2,7 +2,7 @@
 
 import pytest
 
-from tinyzero.evaluate import wilson_interval
+from tinyzero.analysis.evaluate import wilson_interval
 
 
 @pytest.mark.parametrize(

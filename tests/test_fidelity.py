@@ -17,10 +17,10 @@ from test_reliability import step_rows
 from test_training import fit
 from tolerances import assert_within, ppo_step_bound, rounding_bound
 
-import tinyzero.module as module_lib
-from tinyzero import algorithms as alg
-from tinyzero.build import build
-from tinyzero.callbacks import RolloutCallback
+import tinyzero.ppo.module as module_lib
+from tinyzero.ppo import algorithms as alg
+from tinyzero.train.build import build
+from tinyzero.train.callbacks import RolloutCallback
 
 FIXED = [
     "rollout.engine._target_=fidelity_helpers.FixedEngine",
@@ -276,7 +276,7 @@ def test_on_policy_shortcut_skips_the_old_logprob_pass_only_when_valid(
 
 def make_batch(prompt_lengths: list[int], response_lengths: list[int], prompt_len: int = 6, response_len: int = 5):
     """A Batch with left-padded prompts and right-padded responses of the given lengths."""
-    from tinyzero.experience import Batch
+    from tinyzero.ppo.experience import Batch
 
     rows = len(prompt_lengths)
     prompt = torch.arange(prompt_len)[None] >= prompt_len - torch.tensor(prompt_lengths)[:, None]
@@ -287,7 +287,7 @@ def make_batch(prompt_lengths: list[int], response_lengths: list[int], prompt_le
 
 
 def test_a_micro_batch_drops_the_columns_that_are_padding_in_all_its_rows():
-    from tinyzero.module import trimmed
+    from tinyzero.ppo.module import trimmed
 
     batch = make_batch([2, 4, 6], [1, 3, 5])
     ids, attention, longest = trimmed(batch, torch.tensor([0, 1]))
@@ -298,7 +298,7 @@ def test_a_micro_batch_drops_the_columns_that_are_padding_in_all_its_rows():
 
 
 def test_token_budget_packs_rows_longest_first_within_the_budget():
-    from tinyzero.module import token_budget_micro_batches
+    from tinyzero.ppo.module import token_budget_micro_batches
 
     batch = make_batch([2, 6, 3, 5, 1, 4], [5, 1, 2, 5, 0, 3])  # 7, 7, 5, 10, 1, 7 tokens
     groups = token_budget_micro_batches(torch.arange(6), batch, max_tokens=20)
@@ -312,7 +312,7 @@ def test_token_budget_packs_rows_longest_first_within_the_budget():
 
 def test_a_rank_with_fewer_budget_micro_batches_splits_to_the_others_count():
     """FSDP2 gathers in every pass: each rank must make as many passes as the rank with the most."""
-    from tinyzero.module import split_to_count
+    from tinyzero.ppo.module import split_to_count
 
     groups = [torch.tensor([3, 0, 1]), torch.tensor([5]), torch.tensor([2, 4])]
     split = split_to_count(groups, 5)

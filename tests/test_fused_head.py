@@ -5,8 +5,8 @@ import pytest
 import torch
 from tolerances import assert_within, decoder_bound, logprob_bounds
 
-from tinyzero.logprobs import response_logprobs
 from tinyzero.models.tiny import build_tiny_model
+from tinyzero.ppo.logprobs import response_logprobs
 
 
 def batch(vocab: int, seed: int):

@@ -11,12 +11,12 @@ import torch
 from conftest import QUICK, ROOT
 
 from tinyzero.distributed import fsdp2_policies, iter_full_weights, shard_fsdp2, share_prompts
-from tinyzero.memory import Shape, plan_for
 from tinyzero.models import load_critic, load_policy
 from tinyzero.models.attention import resolve_attention
 from tinyzero.models.tiny import build_tiny_model
 from tinyzero.rollout import CompiledEngine, HFEngine, make_engine, resolve_engine
 from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
+from tinyzero.train.memory import Shape, plan_for
 
 
 @pytest.fixture(params=[True, False], ids=["tied", "untied"])
@@ -163,7 +163,7 @@ def test_offload_needs_cuda_and_names_the_key():
 MEASURE = """
 import os, resource, sys
 from hydra import compose, initialize_config_dir
-from tinyzero.build import build
+from tinyzero.train.build import build
 overrides = sys.argv[1:]
 with initialize_config_dir(config_dir=os.path.join({root!r}, "conf"), version_base="1.3"):
     cfg = compose(config_name="train", overrides=overrides)
@@ -180,7 +180,7 @@ def test_memory_plan_is_within_2x_of_the_measured_cpu_peak(tmp_path):
     """A 12M-parameter model's PPO step on CPU: the plan's train phase against the measured peak RSS."""
     from hydra import compose, initialize_config_dir
 
-    from tinyzero.build import build
+    from tinyzero.train.build import build
 
     overrides = QUICK + [
         f"paths.cache_dir={tmp_path}/cache",

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tinyzero.logprobs import resolve_backend
+from tinyzero.ppo.logprobs import resolve_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

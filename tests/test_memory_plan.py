@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from tinyzero.memory import GIB, check_at_startup, plan_for
-from tinyzero.memory_advice import Change, advice, combination, suggestions
+from tinyzero.train.memory import GIB, check_at_startup, plan_for
+from tinyzero.train.memory_advice import Change, advice, combination, suggestions
 
 ONE_GPU_24 = ["experiment=countdown_1.5b", "gpu_memory_gib=24"]
 
@@ -97,7 +97,7 @@ def test_the_startup_warning_names_the_same_changes(recipe, caplog):
     """Composed by the compose API there is no Composer (no `trainer=` change); a sharded recipe
     is still offered its switches, offload among them."""
     cfg, composer = recipe(["experiment=countdown_3b", "gpu_memory_gib=24"])
-    with caplog.at_level(logging.WARNING, logger="tinyzero.memory"):
+    with caplog.at_level(logging.WARNING, logger="tinyzero.train.memory"):
         check_at_startup(cfg, "vllm")
     expected = advice(cfg, plan_for(cfg, 24 * GIB, "vllm"), 24 * GIB, "vllm")
     assert "fsdp.offload_optimizer=true" in expected[1]
@@ -106,7 +106,7 @@ def test_the_startup_warning_names_the_same_changes(recipe, caplog):
 
 HYDRA_MAIN = """
 import hydra
-from tinyzero.memory import check_at_startup
+from tinyzero.train.memory import check_at_startup
 
 @hydra.main(version_base="1.3", config_path={conf!r}, config_name="train")
 def main(cfg):

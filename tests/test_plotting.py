@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from tinyzero.compare import comparison_figure, find_runs
-from tinyzero.plotting import HELDOUT_BAND, read_curves, read_steps, run_figure, smoothing_window
+from tinyzero.analysis.compare import comparison_figure, find_runs
+from tinyzero.analysis.plotting import HELDOUT_BAND, read_curves, read_steps, run_figure, smoothing_window
 
 TRAINING = ("score/mean", "response_length/mean", "actor/kl_loss", "actor/entropy", "time/step")
 EVAL_EVERY = 10
@@ -158,7 +158,7 @@ def write_sweep(sweep) -> None:
 def test_compare_on_a_sweep_keeps_its_status_column(tmp_path):
     """`compare.py SWEEP_DIR` (as README writes it) remakes the sweep's summary.csv as the sweep callback
     writes it: every job, its status included."""
-    from tinyzero.sweep import summarize_sweep
+    from tinyzero.analysis.sweep import summarize_sweep
 
     sweep = tmp_path / "sweep"
     write_sweep(sweep)

@@ -16,18 +16,21 @@ import torch
 from conftest import QUICK, ROOT
 from test_training import fit, read_metrics
 
-import tinyzero.algorithms as alg
-from tinyzero.build import build, resume_from
-from tinyzero.checkpointing import (
+import tinyzero.ppo.algorithms as alg
+from tinyzero.tasks import CountdownTask
+from tinyzero.train.build import build, resume_from
+from tinyzero.train.checkpointing import (
+    CONFIG_KEY,
     CorruptCheckpointError,
     checkpoint_step,
+    config_differences,
     last_good_checkpoint,
     prune,
     resume_path,
+    run_config,
     verify_checkpoint,
 )
-from tinyzero.run_log import METRICS_FILE, RunLog, read_rows
-from tinyzero.tasks import CountdownTask
+from tinyzero.train.run_log import METRICS_FILE, RunLog, read_rows
 
 VOLATILE = ("time/", "perf/", "memory/")
 
@@ -95,7 +98,7 @@ def test_run_log_keeps_one_row_per_step_and_resumes_without_a_step_twice(tmp_pat
     assert not list(tmp_path.glob("*.tmp"))
 
     resumed = RunLog(tmp_path)  # from step 1's checkpoint: row 2 was logged after it
-    with caplog.at_level(logging.INFO, logger="tinyzero.run_log"):
+    with caplog.at_level(logging.INFO, logger="tinyzero.train.run_log"):
         resumed.resume(tmp_path / METRICS_FILE, 1)
     assert "rows up to step 1 kept, 1 later ones dropped" in caplog.text
     resumed.log_metrics({"score/mean": 0.875}, step=2)
@@ -150,7 +153,7 @@ def test_checkpoints_are_verified_and_last_skips_a_corrupt_one(make_cfg, tmp_pat
     flipped.write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpointError):
         verify_checkpoint(flipped)
-    with caplog.at_level(logging.WARNING, logger="tinyzero.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="tinyzero.train.checkpointing"):
         assert last_good_checkpoint([directory]) == directory / "step_2.ckpt"
     assert "skipping" in caplog.text and "step_20.ckpt" in caplog.text and "step_3.ckpt" in caplog.text
     assert resume_path("last", [tmp_path / "empty"]) is None
@@ -366,7 +369,7 @@ def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monk
     # QUICK: 8 prompts, mini-batches of 4, two PPO epochs: four actor updates per step
     monkeypatch.setattr(alg, "policy_loss", nan_policy_loss({1}))
     cfg = make_cfg("data.max_steps=2", "callbacks.checkpoint.save_hf=false")
-    with caplog.at_level(logging.WARNING, logger="tinyzero.module"):
+    with caplog.at_level(logging.WARNING, logger="tinyzero.ppo.module"):
         _, module = fit(cfg)
     assert module.rl_step == 2
     assert "step 0: skipped a actor update with non-finite {'actor/pg_loss': nan" in caplog.text
@@ -424,6 +427,50 @@ def test_last_resumes_only_a_checkpoint_saved_with_the_same_settings(make_cfg, c
     assert single.name == "step_3.ckpt"
     # the newest checkpoint is the single run's; a run with the sweep job's settings (and more steps) skips it
     cfg = make_cfg("ckpt_path=last", "algorithm.kl_coef=0.01", "data.max_steps=4", f"paths.log_dir={tmp_path}/outputs")
-    with caplog.at_level(logging.INFO, logger="tinyzero.checkpointing"):
+    with caplog.at_level(logging.INFO, logger="tinyzero.train.checkpointing"):
         assert resume_from(cfg) == str(swept)
     assert f"skipping {single}, saved with other settings: algorithm.kl_coef: 0.001 -> 0.01" in caplog.text
+
+
+# Where the config's classes lived before the package was laid out in layers (commit 56aa59f).
+OLD_LAYOUT_TARGETS = {
+    "tinyzero.train.callbacks.": "tinyzero.callbacks.",
+    "tinyzero.rollout.callback.": "tinyzero.callbacks.",
+    "tinyzero.train.console.": "tinyzero.console.",
+    "tinyzero.train.run_log.": "tinyzero.run_log.",
+}
+
+
+def old_layout(config):
+    """`config` with every `_target_` named as the flat package of commit 56aa59f named it."""
+    if isinstance(config, dict):
+        return {key: old_layout(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [old_layout(value) for value in config]
+    if isinstance(config, str):
+        for new, old in OLD_LAYOUT_TARGETS.items():
+            config = config.replace(new, old)
+    return config
+
+
+def test_a_checkpoint_of_the_flat_layout_resumes_with_last_and_trains_on(make_cfg, tmp_path):
+    """A checkpoint whose saved config names its classes where they lived before (`tinyzero.callbacks.
+    RLCheckpoint`) is the same run for `ckpt_path=last`; a `_target_` naming another class is not."""
+    cfg = make_cfg("algorithm=grpo", "data.max_steps=1", "callbacks.checkpoint.save_hf=false")
+    fit(cfg)
+    [path] = sorted((tmp_path / "run" / "checkpoints").glob("step_*.ckpt"))
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = run_config(cfg)  # what scripts/train.py keeps in each checkpoint
+    checkpoint[CONFIG_KEY] = old_layout(saved)
+    assert checkpoint[CONFIG_KEY]["callbacks"]["checkpoint"]["_target_"] == "tinyzero.callbacks.RLCheckpoint"
+    torch.save(checkpoint, path)
+
+    more = make_cfg("algorithm=grpo", "data.max_steps=2", "callbacks.checkpoint.save_hf=false", "ckpt_path=last")
+    assert resume_from(more) == str(path)
+    _, module = fit(more)
+    assert module.rl_step == 2
+    other = {**saved, "callbacks": {**saved["callbacks"]}}
+    other["callbacks"]["rollout"] = {**saved["callbacks"]["rollout"], "_target_": "tinyzero.callbacks.OtherCallback"}
+    assert config_differences(other, saved) == [
+        f"callbacks.rollout._target_: tinyzero.callbacks.OtherCallback -> {saved['callbacks']['rollout']['_target_']}"
+    ]

@@ -280,7 +280,7 @@ def test_multiplication_score_of_any_string(response, product):
 
 
 def test_the_times_table_is_its_share_of_pretraining_and_never_a_task_problem():
-    from tinyzero.pretrain import pretraining_texts
+    from tinyzero.models.pretrain import pretraining_texts
 
     task = MultiplicationTask(digits_a=2, digits_b=1, question="short", pretrain_format="worked", times_table=True)
     facts = task.known_facts()

@@ -4,8 +4,8 @@ import torch
 from tolerances import assert_within, decoder_bound
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tinyzero.logprobs import response_logprobs
 from tinyzero.models.shared_prompt import distinct_rows, shared_prompt_logits
+from tinyzero.ppo.logprobs import response_logprobs
 
 PROMPTS, SAMPLES, RESPONSE = 4, 3, 6
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96)

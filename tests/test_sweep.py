@@ -15,7 +15,7 @@ from conftest import QUICK, ROOT
 def test_a_signal_stops_the_sweep_and_each_job_resumes_its_own_checkpoint(tmp_path, cache_dir, make_cfg):
     """SIGTERM during job 0: it saves and stops, job 1 never starts, and the summary says so; the same
     sweep launched again with `ckpt_path=last` resumes job 0 and starts job 1 fresh."""
-    from tinyzero.build import build
+    from tinyzero.train.build import build
 
     build(make_cfg())
     sweep = tmp_path / "sweep"

@@ -14,11 +14,11 @@ import torch
 from conftest import QUICK, ROOT
 from tolerances import ppo_step_bound
 
-from tinyzero.build import build, resume_from
-from tinyzero.callbacks import RLCheckpoint, RolloutCallback
-from tinyzero.checkpointing import run_config
-from tinyzero.datamodule import StepBatchSampler
+from tinyzero.data.datamodule import StepBatchSampler
 from tinyzero.models import load_critic, load_policy
+from tinyzero.train.build import build, resume_from
+from tinyzero.train.callbacks import RLCheckpoint, RolloutCallback
+from tinyzero.train.checkpointing import run_config
 
 STEP_METRICS = {
     "score/mean",
@@ -297,7 +297,7 @@ def test_a_task_switch_on_the_demo_recipe_composes(task, make_cfg):
     """The demo's task settings live in its task config, so `task=` swaps all of them."""
     from hydra.utils import instantiate
 
-    from tinyzero.build import validate
+    from tinyzero.train.build import validate
 
     cfg = make_cfg(f"task={task}", f"model.pretrain.task={task}")
     validate(cfg)
@@ -396,7 +396,7 @@ def test_kernel_paths_give_the_eager_losses(make_cfg, tmp_path):
 
 
 def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
-    from tinyzero.evaluate import evaluate_checkpoint
+    from tinyzero.analysis.evaluate import evaluate_checkpoint
 
     cfg = make_cfg("data.max_steps=1", "algorithm.actor_lr=1e-3", "callbacks.rollout.eval_every_n_steps=1")
     trainer, module, datamodule = build(cfg)

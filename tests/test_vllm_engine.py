@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tinyzero.callbacks import RolloutCallback
 from tinyzero.distributed import iter_full_weights
 from tinyzero.models import load_policy
 from tinyzero.models.tiny import build_tiny_model
 from tinyzero.rollout import SamplingParams
 from tinyzero.rollout.vllm import VLLMEngine
+from tinyzero.train.callbacks import RolloutCallback
 
 EOS = 0
 

@@ -6,7 +6,7 @@ from tinyzero.kernels.logprobs import logprobs_and_entropy, logprobs_entropy_for
 from tolerances import assert_within, logprob_bounds
 
 from tinyzero.acceptance import float64_logprobs as reference  # log p, H, d/dlogits in float64
-from tinyzero.logprobs import logprobs_and_entropy_torch
+from tinyzero.ppo.logprobs import logprobs_and_entropy_torch
 
 
 def assert_close(lp, h, grad, want, bounds):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from tinyzero.checkpointing import checkpoint_step, saved_config, verify_checkpoint
-from tinyzero.data import ensure_data, read_rows
-from tinyzero.datamodule import PromptSet
+from tinyzero.data.datamodule import PromptSet
+from tinyzero.data.sources import ensure_data, read_rows
 from tinyzero.errors import ConfigError, MissingFileError
-from tinyzero.experience import score_rollouts
 from tinyzero.models.loading import load_tokenizer
+from tinyzero.ppo.experience import score_rollouts
 from tinyzero.rollout import HFEngine, SamplingParams
+from tinyzero.train.checkpointing import checkpoint_step, saved_config, verify_checkpoint
 
 
 def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:

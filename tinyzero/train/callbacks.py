@@ -14,14 +14,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tinyzero.checkpointing import CONFIG_KEY, prune, publish
-from tinyzero.console import format_samples, show
+from tinyzero.analysis.evaluate import wilson_interval
 from tinyzero.distributed import full_state_dict, iter_full_weights
-from tinyzero.evaluate import wilson_interval
-from tinyzero.experience import score_rollouts
-from tinyzero.memory import phase_peak, reset_phase_peak
+from tinyzero.ppo.experience import score_rollouts
 from tinyzero.rollout.base import RolloutEngine, SamplingParams
-from tinyzero.run_log import METRICS_FILE, RunLog
+from tinyzero.train.checkpointing import CONFIG_KEY, prune, publish
+from tinyzero.train.console import format_samples, show
+from tinyzero.train.memory import phase_peak, reset_phase_peak
+from tinyzero.train.run_log import METRICS_FILE, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ class StopOnSignal(L.Callback):
     run: `RLCheckpoint` saves that step, and the script exits normally. Every rank stops together.
 
     The signal stops the process, not only this run: `StopOnSignal.caught` stays set, so a sweep
-    whose jobs run in this process starts none after it (scripts/train.py, tinyzero.sweep)."""
+    whose jobs run in this process starts none after it (scripts/train.py, tinyzero.analysis.sweep)."""
 
     caught: str | None = None  # the name of the signal this process received; one for all instances
 

@@ -14,19 +14,19 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
-from tinyzero import algorithms as alg
-from tinyzero.checkpointing import resume_path, run_config
-from tinyzero.config_keys import check_command
-from tinyzero.console import quiet_known_noise
-from tinyzero.datamodule import OVERLONG_PROMPTS, PromptDataModule
+from tinyzero.data.datamodule import OVERLONG_PROMPTS, PromptDataModule
 from tinyzero.errors import ConfigError
-from tinyzero.logprobs import BACKENDS
 from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
 from tinyzero.models.loading import DTYPES, load_tokenizer
-from tinyzero.module import ADV_ESTIMATORS, PPOModule
+from tinyzero.ppo import algorithms as alg
+from tinyzero.ppo.logprobs import BACKENDS
+from tinyzero.ppo.module import ADV_ESTIMATORS, PPOModule
 from tinyzero.rollout.base import SamplingParams
 from tinyzero.rollout.select import ENGINE_KINDS, resolve_engine
 from tinyzero.tasks import TEMPLATES
+from tinyzero.train.checkpointing import resume_path, run_config
+from tinyzero.train.config_keys import check_command
+from tinyzero.train.console import quiet_known_noise
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None):
     hf_logging.disable_progress_bar()  # one bar per weight load drowns Lightning's
     task = instantiate(cfg.task)
     if cfg.model.get("pretrain"):
-        from tinyzero.pretrain import ensure_tiny_base
+        from tinyzero.models.pretrain import ensure_tiny_base
 
         # a private RNG stream: a run behaves the same whether the base model was cached or built now
         with torch.random.fork_rng():
@@ -195,7 +195,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None):
             ensure_tiny_base(cfg.model.path, task, cfg.data.template, **settings)
     memory_plan_gib = None
     if where == "cuda":
-        from tinyzero.memory import GIB, check_at_startup
+        from tinyzero.train.memory import GIB, check_at_startup
 
         plan = check_at_startup(cfg, engine)
         memory_plan_gib = {"train": plan.train_total / GIB, "generate": plan.generate_total / GIB}

@@ -109,8 +109,20 @@ def config_differences(saved: dict | None, current: dict) -> list[str]:
     if saved is None:
         return ["no config saved in it"]
     old, new = flatten(saved), flatten(current)
-    keys = sorted(k for k in old.keys() | new.keys() if changes_the_run(k) and old.get(k, ABSENT) != new.get(k, ABSENT))
+    keys = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if changes_the_run(k) and comparable(k, old.get(k, ABSENT)) != comparable(k, new.get(k, ABSENT))
+    )
     return [f"{k}: {old.get(k, ABSENT)} -> {new.get(k, ABSENT)}" for k in keys]
+
+
+def comparable(key: str, value: object) -> object:
+    """A `_target_` as its class or function name: moving it to another module (a checkpoint saved
+    before the package was laid out in layers names `tinyzero.callbacks.RLCheckpoint`) is no other setting."""
+    if key.rsplit(".", 1)[-1] == "_target_" and isinstance(value, str):
+        return value.rsplit(".", 1)[-1]
+    return value
 
 
 def newest_first(directories: list[str | Path]) -> list[Path]:

@@ -5,7 +5,7 @@ that cannot fit is caught at start-up and a new one can be sized before it is la
 Train phase: FSDP2 shards (params, grads, AdamW's two moments) of policy and critic, the
 reference's shards, the gathered layers, and one micro-batch's activations and logits.
 Generate phase: what training keeps resident (no gradients) plus the engine's share.
-What to change when a phase does not fit: `tinyzero.memory_advice`.
+What to change when a phase does not fit: `tinyzero.train.memory_advice`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from omegaconf import DictConfig
 
-from tinyzero.logprobs import resolve_backend
+from tinyzero.ppo.logprobs import resolve_backend
 
 log = logging.getLogger(__name__)
 GIB = 2**30
@@ -387,7 +387,7 @@ def check_at_startup(cfg, engine: str) -> MemoryPlan:
     for warning in plan.check(gpu_bytes):
         log.warning("%s: expect out-of-memory", warning)
     if not plan.fits(gpu_bytes):
-        from tinyzero.memory_advice import advice, run_composer  # it plans with this module
+        from tinyzero.train.memory_advice import advice, run_composer  # it plans with this module
 
         log.warning("\n".join(advice(cfg, plan, gpu_bytes, engine, run_composer())))
     return plan

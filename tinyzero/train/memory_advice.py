@@ -21,7 +21,7 @@ from functools import cache
 
 from omegaconf import DictConfig, OmegaConf
 
-from tinyzero.memory import (
+from tinyzero.train.memory import (
     GIB,
     MemoryPlan,
     dtype_bytes,

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tinyzero.data import ensure_data, read_rows
+from tinyzero.data.sources import ensure_data, read_rows
 from tinyzero.errors import ConfigError
 from tinyzero.tasks import render_prompt
 

@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from tinyzero import algorithms as alg
-from tinyzero.behaviour import behaviour_rates
-from tinyzero.experience import Batch, pack, score_rollouts
-from tinyzero.logprobs import gae, resolve_backend, response_logprobs, response_values
 from tinyzero.models.loading import load_critic, load_policy
+from tinyzero.ppo import algorithms as alg
+from tinyzero.ppo.experience import Batch, pack, score_rollouts
+from tinyzero.ppo.logprobs import gae, resolve_backend, response_logprobs, response_values
 from tinyzero.rng import global_rng_state, set_global_rng_state
 from tinyzero.rollout.base import Rollouts
+from tinyzero.tasks.behaviour import behaviour_rates
 
 log = logging.getLogger(__name__)
 ADV_ESTIMATORS = ("gae", "grpo")

@@ -15,10 +15,10 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tinyzero.callbacks import StopOnSignal
-from tinyzero.compare import STATUS_FILE, compare, format_table
-from tinyzero.config_keys import check_unread
+from tinyzero.analysis.compare import STATUS_FILE, compare, format_table
 from tinyzero.errors import report_config_error
+from tinyzero.train.callbacks import StopOnSignal
+from tinyzero.train.config_keys import check_unread
 
 IN_PROCESS = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # runs the jobs one after another
 
@@ -63,7 +63,7 @@ def check_jobs(config: DictConfig, config_name: str) -> None:
     """Compose and validate every job of the sweep before the first starts (no sweep folder exists
     yet): a swept key the recipe never reads (`algorithm.kl_coef` under GRPO, whose KL is a loss
     term: every job would compute the same run) or a bad value stops the sweep, naming the key."""
-    from tinyzero.build import validate
+    from tinyzero.train.build import validate
 
     arguments = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides([*arguments, *config.hydra.overrides.task])

@@ -1,6 +1,6 @@
 """Compare runs: a table of outcomes and overlaid learning curves, from their `metrics.csv`.
 
-Steps follow tinyzero.plotting's numbering: step k is the state after k RL updates, so a run's
+Steps follow tinyzero.analysis.plotting's numbering: step k is the state after k RL updates, so a run's
 `steps` is the last step it logged and `steps_to_target` the first evaluation at or above the target.
 """
 
@@ -10,7 +10,7 @@ import csv
 import os
 from pathlib import Path
 
-from tinyzero.plotting import (
+from tinyzero.analysis.plotting import (
     HELDOUT,
     draw_heldout,
     draw_training,
@@ -24,7 +24,7 @@ from tinyzero.plotting import (
 )
 
 COLUMNS = ["run", "final_accuracy", "best_accuracy", "steps_to_target", "response_length", "kl", "steps", "status"]
-STATUS_FILE = "status.txt"  # how the run ended, written by tinyzero.sweep.SweepSummary at each job's end
+STATUS_FILE = "status.txt"  # how the run ended, written by tinyzero.analysis.sweep.SweepSummary at each job's end
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:

@@ -1,0 +1,1 @@
+"""After (or beside) training: held-out evaluation, plots, run comparison, sweep summaries."""

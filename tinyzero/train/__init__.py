@@ -1,0 +1,1 @@
+"""Training glue: building a run from its config, callbacks, checkpoints, the run's log, the memory plan."""
