@@ -3,7 +3,7 @@
 import torch
 from tinyzero.kernels.linear_logprobs import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
 
-from tinyzero.ppo.algorithms import compute_gae
+from tinyzero.ppo.advantages import compute_gae
 from tinyzero.ppo.logprobs import logprobs_and_entropy_torch
 
 VOCAB = 151_936

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from tinyzero.kernels._runtime import interpreting
 
-from tinyzero.ppo.algorithms import compute_gae as gae_reference  # noqa: F401
+from tinyzero.ppo.advantages import compute_gae as gae_reference  # noqa: F401
 
 TILE_ELEMENTS = 1024  # elements per tile on a GPU: 4 KB per input
 MAX_BLOCK_T = 1024

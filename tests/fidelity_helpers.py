@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from tinyzero.distributed import full_tensor
-from tinyzero.ppo import algorithms as alg
+from tinyzero.ppo.masked import masked_whiten
 from tinyzero.ppo.module import sum_ranks
 from tinyzero.rollout.base import Rollouts, check_tags
 from tinyzero.tasks import CountdownTask
@@ -108,5 +108,5 @@ def whiten_on_rank(rank: int, port: int, values: torch.Tensor, mask: torch.Tenso
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     half = len(values) // 2
     rows = slice(rank * half, (rank + 1) * half)
-    results[rank] = alg.masked_whiten(values[rows], mask[rows], sum_ranks=sum_ranks)
+    results[rank] = masked_whiten(values[rows], mask[rows], sum_ranks=sum_ranks)
     torch.distributed.destroy_process_group()

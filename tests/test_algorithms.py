@@ -7,7 +7,10 @@ import pytest
 import torch
 from tolerances import assert_within, rounding_bound
 
-from tinyzero.ppo import algorithms as alg
+from tinyzero.ppo.advantages import compute_gae, compute_grpo_advantages
+from tinyzero.ppo.kl_control import AdaptiveKLController, FixedKLController
+from tinyzero.ppo.losses import LOSS_AGG_MODES, aggregate_loss, entropy_bonus, kl_penalty, policy_loss, value_loss
+from tinyzero.ppo.masked import masked_mean, masked_whiten
 
 SEEDS = range(24)
 
@@ -46,7 +49,7 @@ def test_gae_matches_loop(seed):
     b, t, lengths, mask, rand = random_batch(seed)
     rewards, values = rand(), rand()
     gamma, lam = random.Random(seed).choice([(1.0, 1.0), (0.99, 0.95), (0.9, 0.0), (1.0, 0.5)])
-    adv, ret = alg.compute_gae(rewards, values, mask, gamma, lam)
+    adv, ret = compute_gae(rewards, values, mask, gamma, lam)
     ref_adv, ref_ret = ref_gae(rewards.tolist(), values.tolist(), lengths, gamma, lam)
     # float64 both: δ (3 ops), A = δ + γλA' (a sum of up to T terms, 3 ops), R = A + V
     bound = rounding_bound(torch.float64, [t], ops=7, sides=2)
@@ -58,12 +61,12 @@ def test_gae_hand_computed():
     rewards = torch.tensor([[0.0, 0.0, 1.0, 5.0]])
     values = torch.tensor([[0.5, 0.25, 0.75, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    adv, ret = alg.compute_gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    adv, ret = compute_gae(rewards, values, mask, gamma=1.0, lam=1.0)
     bound = rounding_bound(torch.float32, [4], ops=7)
     # with γ = λ = 1 the advantage is the return-to-go minus the value; padding is 0
     assert_within(adv, torch.tensor([[0.5, 0.75, 0.25, 0.0]]), bound, "advantages")
     assert_within(ret, torch.tensor([[1.0, 1.0, 1.0, 0.0]]), bound, "returns")
-    adv, _ = alg.compute_gae(rewards, values, mask, gamma=0.5, lam=0.0)
+    adv, _ = compute_gae(rewards, values, mask, gamma=0.5, lam=0.0)
     # λ = 0: one-step TD errors δ_t = r_t + γ V_{t+1} − V_t
     want = torch.tensor([[0.5 * 0.25 - 0.5, 0.5 * 0.75 - 0.25, 1.0 - 0.75, 0.0]])
     assert_within(adv, want, bound, "TD errors")
@@ -93,7 +96,7 @@ def test_grpo_matches_loop(seed):
     # difference, a square root and a division
     bound = rounding_bound(torch.float32, [b, b], ops=8)
     for norm in (True, False):
-        got = alg.compute_grpo_advantages(torch.tensor(scores, dtype=torch.float64), torch.tensor(groups), mask, norm)
+        got = compute_grpo_advantages(torch.tensor(scores, dtype=torch.float64), torch.tensor(groups), mask, norm)
         assert_within(got, ref_grpo(scores, groups, lengths, t, norm, 1e-6), bound, f"norm_by_std={norm}")
 
 
@@ -101,7 +104,7 @@ def test_grpo_hand_computed():
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
     groups = torch.tensor([0, 0, 1, 1, 2])
     mask = torch.ones(5, 2)
-    adv = alg.compute_grpo_advantages(scores, groups, mask, eps=0.0)
+    adv = compute_grpo_advantages(scores, groups, mask, eps=0.0)
     s = math.sqrt(0.5)  # unbiased std of {0, 1}
     want = torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 1.0])
     assert_within(adv[:, 0], want, rounding_bound(torch.float32, [2, 2], ops=8))
@@ -125,7 +128,7 @@ def ref_kl(logp, ref, kind):
 def test_kl_penalty_matches_loop(kind, seed):
     _, _, _, _, rand = random_batch(seed)
     logp, ref = rand(2.0), rand(2.0)
-    got = alg.kl_penalty(logp, ref, kind)
+    got = kl_penalty(logp, ref, kind)
     want = torch.tensor([ref_kl(a, b, kind) for a, b in zip(logp.tolist(), ref.tolist())], dtype=torch.float64)
     # float64 both, elementwise: a difference, an exp, two more differences and the clamp
     assert_within(got, want, rounding_bound(torch.float64, ops=5, sides=2))
@@ -133,7 +136,7 @@ def test_kl_penalty_matches_loop(kind, seed):
 
 def test_kl_penalty_rejects_unknown_kind():
     with pytest.raises(ValueError, match="algorithm.kl_penalty.*k3"):
-        alg.kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
+        kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
 
 
 def ref_aggregate(loss, lengths, mode):
@@ -178,8 +181,8 @@ def test_policy_loss_matches_loop(seed):
     # float64 both: the ratio, the clipped products (6 ops), sums over tokens and sequences;
     # terms of size ~1, so the bound is also an absolute floor where the sums cancel
     bound = rounding_bound(torch.float64, [mask.numel(), mask.numel()], ops=8, sides=2)
-    for mode in alg.LOSS_AGG_MODES:
-        loss, clipfrac, kl = alg.policy_loss(old, new, adv, mask, lo, hi, c, mode)
+    for mode in LOSS_AGG_MODES:
+        loss, clipfrac, kl = policy_loss(old, new, adv, mask, lo, hi, c, mode)
         want = ref_policy_loss(old.tolist(), new.tolist(), adv.tolist(), lengths, lo, hi, c, mode)
         for got, ref in zip((loss, clipfrac, kl), want):
             assert got.item() == pytest.approx(ref, rel=bound, abs=bound)
@@ -190,21 +193,21 @@ def test_policy_loss_hand_computed():
     new = torch.log(torch.tensor([[1.5, 0.5]], dtype=torch.float64))
     adv = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
     mask = torch.ones(1, 2, dtype=torch.float64)
-    loss, clipfrac, _ = alg.policy_loss(old, new, adv, mask, 0.2, 0.2)
+    loss, clipfrac, _ = policy_loss(old, new, adv, mask, 0.2, 0.2)
     bound = rounding_bound(torch.float64, [2], ops=8)  # log, exp, clip, products, a mean of 2
     # token 0: ratio 1.5 clipped to 1.2 → −1.2; token 1: max(0.5, 0.8) = 0.8 (clipped)
     assert loss.item() == pytest.approx((-1.2 + 0.8) / 2, rel=bound)
     assert clipfrac.item() == 1.0  # 2 of 2 tokens: exact
     # dual clip caps the loss of negative advantages at c·|A|
     new = torch.log(torch.tensor([[1.0, 5.0]], dtype=torch.float64))
-    loss, _, _ = alg.policy_loss(old, new, adv, mask, 0.2, 0.2, clip_ratio_c=3.0)
+    loss, _, _ = policy_loss(old, new, adv, mask, 0.2, 0.2, clip_ratio_c=3.0)
     assert loss.item() == pytest.approx((-1.0 + 3.0) / 2, rel=bound)
 
 
 def test_policy_loss_gradient_flows_only_through_new_logprobs():
     old = torch.zeros(2, 3)
     new = torch.zeros(2, 3, requires_grad=True)
-    loss, _, _ = alg.policy_loss(old, new, torch.ones(2, 3), torch.ones(2, 3))
+    loss, _, _ = policy_loss(old, new, torch.ones(2, 3), torch.ones(2, 3))
     loss.backward()
     assert_within(new.grad, torch.full((2, 3), -1 / 6), rounding_bound(torch.float32, [6], ops=4))
 
@@ -216,8 +219,8 @@ def test_value_loss_matches_loop(seed):
     clip = random.Random(seed).choice([0.2, 0.5, 10.0])
     # float64 both: the clipped squares (6 ops), sums over tokens and sequences; terms ~1
     bound = rounding_bound(torch.float64, [mask.numel(), mask.numel()], ops=8, sides=2)
-    for mode in alg.LOSS_AGG_MODES:
-        loss, clipfrac = alg.value_loss(values, old, returns, mask, clip, mode)
+    for mode in LOSS_AGG_MODES:
+        loss, clipfrac = value_loss(values, old, returns, mask, clip, mode)
         rows, clipped, count = [], 0, 0
         for i in range(len(lengths)):
             row = []
@@ -244,16 +247,16 @@ def test_masked_statistics_match_loop(seed):
     var = sum((v - mean) ** 2 for v in items) / (len(items) - 1)
     # float64 both: the mean's and the variance's sums over the items, then (x − mean) / √var
     bound = rounding_bound(torch.float64, [len(items), len(items)], ops=6, sides=2)
-    assert alg.masked_mean(x, mask).item() == pytest.approx(mean, rel=bound)
-    white = alg.masked_whiten(x, mask)
+    assert masked_mean(x, mask).item() == pytest.approx(mean, rel=bound)
+    white = masked_whiten(x, mask)
     want = torch.zeros_like(x)
     for i in range(len(lengths)):
         for j in range(lengths[i]):
             want[i, j] = (x[i, j].item() - mean) / math.sqrt(var + 1e-8)
     assert_within(white * mask, want, bound, "whitened")
-    unshifted = alg.masked_whiten(x, mask, shift_mean=False)
-    assert alg.masked_mean(unshifted, mask).item() == pytest.approx(mean, rel=bound)
-    ent = alg.entropy_bonus(x, mask, "seq-mean-token-mean")
+    unshifted = masked_whiten(x, mask, shift_mean=False)
+    assert masked_mean(unshifted, mask).item() == pytest.approx(mean, rel=bound)
+    ent = entropy_bonus(x, mask, "seq-mean-token-mean")
     assert ent.item() == pytest.approx(ref_aggregate(x.tolist(), lengths, "seq-mean-token-mean"), rel=bound)
 
 
@@ -268,8 +271,8 @@ def test_aggregate_shares_of_micro_batches_sum_to_the_mini_batch_loss(seed):
     num_tokens, num_seqs = mask.sum().item(), b
     # float64 both: sums over tokens and sequences of terms ~1 (also an absolute floor)
     bound = rounding_bound(torch.float64, [mask.numel(), mask.numel()], ops=4, sides=2)
-    for mode in alg.LOSS_AGG_MODES:
-        got = sum(alg.aggregate_loss(loss[p], mask[p], mode, num_tokens, num_seqs) for p in parts)
+    for mode in LOSS_AGG_MODES:
+        got = sum(aggregate_loss(loss[p], mask[p], mode, num_tokens, num_seqs) for p in parts)
         if mode == "micro-batch-mean-token-mean":
             want = sum(ref_aggregate(loss[p].tolist(), lengths[p], "token-mean") * len(lengths[p]) / b for p in parts)
         else:
@@ -284,10 +287,10 @@ def test_token_mean_is_not_a_mean_of_micro_batch_means():
     mask = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
     token_mean = (10 + 15 + 32 + 24) / 12
     bound = rounding_bound(torch.float32, [8], ops=3)  # float32: a micro-batch's 8 terms, a division, a sum
-    shares = [alg.aggregate_loss(loss[p], mask[p], "token-mean", 12, 4) for p in (slice(0, 2), slice(2, 4))]
+    shares = [aggregate_loss(loss[p], mask[p], "token-mean", 12, 4) for p in (slice(0, 2), slice(2, 4))]
     assert sum(shares).item() == pytest.approx(token_mean, rel=bound)
     tinyzero = [
-        alg.aggregate_loss(loss[p], mask[p], "micro-batch-mean-token-mean", 12, 4) for p in (slice(0, 2), slice(2, 4))
+        aggregate_loss(loss[p], mask[p], "micro-batch-mean-token-mean", 12, 4) for p in (slice(0, 2), slice(2, 4))
     ]
     assert sum(tinyzero).item() == pytest.approx((25 / 4 + 56 / 8) / 2, rel=bound)
 
@@ -299,7 +302,7 @@ def test_extreme_log_ratios_stay_finite_and_padding_cannot_poison_the_loss():
     new = torch.tensor([[89.0, 0.0, float("inf")]], requires_grad=True)
     adv = torch.tensor([[-1.0, 1.0, -1.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    loss, clipfrac, approx_kl = alg.policy_loss(old, new, adv, mask)
+    loss, clipfrac, approx_kl = policy_loss(old, new, adv, mask)
     assert loss.item() == pytest.approx((math.exp(20.0) - 1.0) / 2, rel=rounding_bound(torch.float32, [2], ops=5))
     loss.backward()
     assert torch.isfinite(new.grad).all()
@@ -307,27 +310,27 @@ def test_extreme_log_ratios_stay_finite_and_padding_cannot_poison_the_loss():
     ref = torch.tensor([[-89.0, 0.0, 0.0]])
     logp = torch.tensor([[0.0, 0.0, float("-inf")]])
     for kind in ("k1", "k2", "k3"):
-        kl = alg.kl_penalty(logp, ref, kind)
-        for mode in alg.LOSS_AGG_MODES:
-            assert torch.isfinite(alg.aggregate_loss(kl, mask, mode)), (kind, mode)
-    assert alg.kl_penalty(torch.tensor([-100.0]), torch.tensor([0.0]), "k3").item() == 10.0  # the clamp: exact
+        kl = kl_penalty(logp, ref, kind)
+        for mode in LOSS_AGG_MODES:
+            assert torch.isfinite(aggregate_loss(kl, mask, mode)), (kind, mode)
+    assert kl_penalty(torch.tensor([-100.0]), torch.tensor([0.0]), "k3").item() == 10.0  # the clamp: exact
 
 
 def test_aggregate_rejects_unknown_mode():
     with pytest.raises(ValueError, match="algorithm.loss_agg_mode"):
-        alg.aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "sum")
+        aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "sum")
 
 
 def test_kl_controllers():
-    fixed = alg.FixedKLController(0.1)
+    fixed = FixedKLController(0.1)
     fixed.update(5.0, 10)
     assert fixed.value == 0.1
-    ctl = alg.AdaptiveKLController(0.1, target_kl=1.0, horizon=100)
+    ctl = AdaptiveKLController(0.1, target_kl=1.0, horizon=100)
     ctl.update(current_kl=2.0, n_steps=10)  # error clipped to +0.2
     bound = rounding_bound(torch.float64, ops=10)  # Python floats: 5 operations per update, 2 updates
     assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 10 / 100), rel=bound)
     ctl.update(current_kl=0.9, n_steps=10)
     assert ctl.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 10 / 100), rel=bound)
-    restored = alg.AdaptiveKLController(0.5, 1.0, 100)
+    restored = AdaptiveKLController(0.5, 1.0, 100)
     restored.load_state_dict(ctl.state_dict())
     assert restored.value == ctl.value

@@ -18,7 +18,7 @@ from test_training import fit
 from tolerances import assert_within, ppo_step_bound, rounding_bound
 
 import tinyzero.ppo.module as module_lib
-from tinyzero.ppo import algorithms as alg
+from tinyzero.ppo.masked import masked_whiten
 from tinyzero.train.build import build
 from tinyzero.train.callbacks import RolloutCallback
 
@@ -176,7 +176,7 @@ def test_whitening_uses_the_global_batch_across_ranks():
     got = torch.cat([results[0], results[1]])
     # float64 both: the mean's and the variance's sums over 48 values, then (x − mean) / √var
     bound = rounding_bound(torch.float64, [48, 48], ops=6, sides=2)
-    assert_within(got * mask, alg.masked_whiten(values, mask) * mask, bound)
+    assert_within(got * mask, masked_whiten(values, mask) * mask, bound)
 
 
 # ---- 3. clip rate --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from conftest import QUICK, ROOT
 from test_training import fit, read_metrics
 
-import tinyzero.ppo.algorithms as alg
+from tinyzero.ppo.losses import policy_loss
 from tinyzero.tasks import CountdownTask
 from tinyzero.train.build import build, resume_from
 from tinyzero.train.checkpointing import (
@@ -352,7 +352,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(signum, make_cfg, cache_d
 
 def nan_policy_loss(calls_to_poison):
     """The real policy loss, made NaN on the calls numbered in `calls_to_poison` (all if None)."""
-    real = alg.policy_loss
+    real = policy_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -367,7 +367,7 @@ def nan_policy_loss(calls_to_poison):
 
 def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monkeypatch, caplog):
     # QUICK: 8 prompts, mini-batches of 4, two PPO epochs: four actor updates per step
-    monkeypatch.setattr(alg, "policy_loss", nan_policy_loss({1}))
+    monkeypatch.setattr("tinyzero.ppo.module.policy_loss", nan_policy_loss({1}))
     cfg = make_cfg("data.max_steps=2", "callbacks.checkpoint.save_hf=false")
     with caplog.at_level(logging.WARNING, logger="tinyzero.ppo.module"):
         _, module = fit(cfg)
@@ -378,7 +378,7 @@ def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monk
     for param in module.policy.parameters():
         assert torch.isfinite(param).all()
 
-    monkeypatch.setattr(alg, "policy_loss", nan_policy_loss(None))
+    monkeypatch.setattr("tinyzero.ppo.module.policy_loss", nan_policy_loss(None))
     cfg = make_cfg(
         "data.max_steps=2",
         "algorithm.ppo_epochs=2",  # four actor updates per step: the third in a row falls in step 0

@@ -106,7 +106,7 @@ def check_logprobs(device: str, small: bool, gen: torch.Generator) -> list[dict]
 
 def check_gae(device: str, small: bool, gen: torch.Generator) -> list[dict]:
     from tinyzero.kernels.gae import gae
-    from tinyzero.ppo.algorithms import compute_gae
+    from tinyzero.ppo.advantages import compute_gae
 
     shapes = [(65, 130), (3, 17)] if small else [(3, 17), (130, 1000), (1024, 4096)]
     rows = []

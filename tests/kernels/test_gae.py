@@ -5,7 +5,7 @@ import torch
 from tinyzero.kernels.gae import gae
 from tolerances import assert_within, rounding_bound
 
-from tinyzero.ppo.algorithms import compute_gae
+from tinyzero.ppo.advantages import compute_gae
 
 
 @pytest.mark.parametrize("batch, steps", [(1, 1), (3, 17), (64, 40), (65, 130), (130, 7), (200, 300)])

@@ -62,7 +62,7 @@ def gae(token_rewards, values, response_mask, gamma: float, lam: float, backend:
         from tinyzero.kernels.gae import gae as fused_gae
 
         return fused_gae(token_rewards, values, response_mask, gamma, lam)
-    from tinyzero.ppo.algorithms import compute_gae
+    from tinyzero.ppo.advantages import compute_gae
 
     return compute_gae(token_rewards, values, response_mask, gamma, lam)
 

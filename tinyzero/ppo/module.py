@@ -17,9 +17,12 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from tinyzero.models.loading import load_critic, load_policy
-from tinyzero.ppo import algorithms as alg
+from tinyzero.ppo.advantages import compute_grpo_advantages
 from tinyzero.ppo.experience import Batch, pack, score_rollouts
+from tinyzero.ppo.kl_control import AdaptiveKLController, FixedKLController
 from tinyzero.ppo.logprobs import gae, resolve_backend, response_logprobs, response_values
+from tinyzero.ppo.losses import aggregate_loss, entropy_bonus, kl_penalty, policy_loss, value_loss
+from tinyzero.ppo.masked import masked_mean, masked_whiten
 from tinyzero.rng import global_rng_state, set_global_rng_state
 from tinyzero.rollout.base import Rollouts
 from tinyzero.tasks.behaviour import behaviour_rates
@@ -118,9 +121,9 @@ class PPOModule(L.LightningModule):
         # about); it enters the reward with β = kl_coef unless it is a loss term
         self.kl_in_reward = not algorithm.use_kl_loss
         self.kl_ctrl = (
-            alg.AdaptiveKLController(algorithm.kl_coef, algorithm.target_kl, algorithm.kl_horizon)
+            AdaptiveKLController(algorithm.kl_coef, algorithm.target_kl, algorithm.kl_horizon)
             if algorithm.kl_ctrl == "adaptive"
-            else alg.FixedKLController(algorithm.kl_coef)
+            else FixedKLController(algorithm.kl_coef)
         )
         self.shuffle = torch.Generator().manual_seed(seed)
         self.rl_step = 0
@@ -250,10 +253,10 @@ class PPOModule(L.LightningModule):
         token_scores[rows, length[rows] - 1] = scores.to(self.device)[rows]
         token_rewards = token_scores
         if self.kl_in_reward:
-            kl = alg.kl_penalty(exp["old_logprobs"], exp["ref_logprobs"], cfg.kl_penalty) * mask
+            kl = kl_penalty(exp["old_logprobs"], exp["ref_logprobs"], cfg.kl_penalty) * mask
             token_rewards = token_scores - self.kl_ctrl.value * kl
             # the global batch's mean over sequences, as veRL: β stays the same on every rank
-            per_sequence = alg.masked_mean(kl, mask, dim=-1)
+            per_sequence = masked_mean(kl, mask, dim=-1)
             kl_sum, sequences = sum_ranks(torch.stack([per_sequence.sum(), mask.new_tensor(len(mask))])).tolist()
             metrics["kl/reward_kl"] = kl_sum / sequences
             metrics["kl/coef"] = self.kl_ctrl.value
@@ -266,12 +269,12 @@ class PPOModule(L.LightningModule):
             self.critic.train()
             values = values.float() * mask
             advantages, returns = gae(token_rewards, values, mask, cfg.gamma, cfg.lam, self.kernels_backend)
-            advantages = alg.masked_whiten(advantages, mask, sum_ranks=sum_ranks) * mask
+            advantages = masked_whiten(advantages, mask, sum_ranks=sum_ranks) * mask
             exp.update(values=values, returns=returns)
-            metrics["critic/values_mean"] = alg.masked_mean(values, mask).item()
-            metrics["critic/returns_mean"] = alg.masked_mean(returns, mask).item()
+            metrics["critic/values_mean"] = masked_mean(values, mask).item()
+            metrics["critic/returns_mean"] = masked_mean(returns, mask).item()
         else:
-            advantages = alg.compute_grpo_advantages(
+            advantages = compute_grpo_advantages(
                 token_rewards.sum(-1), batch.group_index.to(self.device), mask, norm_by_std=cfg.norm_adv_by_std
             )
         exp["advantages"] = advantages
@@ -284,7 +287,7 @@ class PPOModule(L.LightningModule):
                 "response_length/mean": length.float().mean().item(),
                 "response_length/max": length.max().item(),
                 "response_length/clip_rate": (length >= self.max_new_tokens).float().mean().item(),
-                "advantages/mean": alg.masked_mean(advantages, mask).item(),
+                "advantages/mean": masked_mean(advantages, mask).item(),
                 "advantages/max": advantages[mask.bool()].max().item() if mask.any() else 0.0,
                 "advantages/min": advantages[mask.bool()].min().item() if mask.any() else 0.0,
             }
@@ -382,7 +385,7 @@ class PPOModule(L.LightningModule):
             )
             mask = rows("response_mask", idx, longest)
             old_logprobs = rows("old_logprobs", idx, longest) if "old_logprobs" in exp else logprobs.detach()
-            pg_loss, clipfrac, approx_kl = alg.policy_loss(
+            pg_loss, clipfrac, approx_kl = policy_loss(
                 old_logprobs,
                 logprobs,
                 rows("advantages", idx, longest),
@@ -394,7 +397,7 @@ class PPOModule(L.LightningModule):
                 num_tokens,
                 num_seqs,
             )
-            entropy_loss = alg.entropy_bonus(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs)
+            entropy_loss = entropy_bonus(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs)
             loss = pg_loss - cfg.entropy_coeff * entropy_loss
             parts = {
                 "actor/pg_loss": pg_loss.item(),
@@ -403,15 +406,15 @@ class PPOModule(L.LightningModule):
                 "actor/approx_kl": approx_kl.item(),
             }
             if cfg.use_kl_loss:
-                kl = alg.kl_penalty(logprobs, rows("ref_logprobs", idx, longest), cfg.kl_loss_type)
-                kl_loss = alg.aggregate_loss(kl, mask, cfg.loss_agg_mode, num_tokens, num_seqs)
+                kl = kl_penalty(logprobs, rows("ref_logprobs", idx, longest), cfg.kl_loss_type)
+                kl_loss = aggregate_loss(kl, mask, cfg.loss_agg_mode, num_tokens, num_seqs)
                 loss = loss + cfg.kl_loss_coef * kl_loss
                 parts["actor/kl_loss"] = kl_loss.item()
             return loss, parts
 
         def critic_losses(idx, ids, am, longest, num_tokens, num_seqs):
             values = response_values(self.critic, ids, am, longest)
-            loss, clipfrac = alg.value_loss(
+            loss, clipfrac = value_loss(
                 values,
                 rows("values", idx, longest),
                 rows("returns", idx, longest),

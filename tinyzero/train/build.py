@@ -18,8 +18,8 @@ from tinyzero.data.datamodule import OVERLONG_PROMPTS, PromptDataModule
 from tinyzero.errors import ConfigError
 from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
 from tinyzero.models.loading import DTYPES, load_tokenizer
-from tinyzero.ppo import algorithms as alg
 from tinyzero.ppo.logprobs import BACKENDS
+from tinyzero.ppo.losses import KL_KINDS, LOSS_AGG_MODES
 from tinyzero.ppo.module import ADV_ESTIMATORS, PPOModule
 from tinyzero.rollout.base import SamplingParams
 from tinyzero.rollout.select import ENGINE_KINDS, resolve_engine
@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 CHOICES = {
     "algorithm.adv_estimator": ADV_ESTIMATORS,
     "algorithm.kl_ctrl": ("fixed", "adaptive"),
-    "algorithm.kl_penalty": tuple(alg.KL_KINDS),
-    "algorithm.kl_loss_type": tuple(alg.KL_KINDS),
-    "algorithm.loss_agg_mode": alg.LOSS_AGG_MODES,
+    "algorithm.kl_penalty": tuple(KL_KINDS),
+    "algorithm.kl_loss_type": tuple(KL_KINDS),
+    "algorithm.loss_agg_mode": LOSS_AGG_MODES,
     "data.template": tuple(TEMPLATES),
     "model.dtype": tuple(DTYPES),
     "model.attn_implementation": ATTENTION_CHOICES,
