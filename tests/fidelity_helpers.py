@@ -16,9 +16,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tinyzero.distributed import full_tensor
+from tinyzero.distributed import full_tensor, sum_ranks
 from tinyzero.ppo.masked import masked_whiten
-from tinyzero.ppo.module import sum_ranks
 from tinyzero.rollout.base import Rollouts, check_tags
 from tinyzero.tasks import CountdownTask
 

@@ -20,7 +20,7 @@ from tolerances import assert_within, ppo_step_bound, rounding_bound
 import tinyzero.ppo.module as module_lib
 from tinyzero.ppo.masked import masked_whiten
 from tinyzero.train.build import build
-from tinyzero.train.callbacks import RolloutCallback
+from tinyzero.train.rollout_callback import RolloutCallback
 
 FIXED = [
     "rollout.engine._target_=fidelity_helpers.FixedEngine",
@@ -287,7 +287,7 @@ def make_batch(prompt_lengths: list[int], response_lengths: list[int], prompt_le
 
 
 def test_a_micro_batch_drops_the_columns_that_are_padding_in_all_its_rows():
-    from tinyzero.ppo.module import trimmed
+    from tinyzero.ppo.microbatch import trimmed
 
     batch = make_batch([2, 4, 6], [1, 3, 5])
     ids, attention, longest = trimmed(batch, torch.tensor([0, 1]))
@@ -298,7 +298,7 @@ def test_a_micro_batch_drops_the_columns_that_are_padding_in_all_its_rows():
 
 
 def test_token_budget_packs_rows_longest_first_within_the_budget():
-    from tinyzero.ppo.module import token_budget_micro_batches
+    from tinyzero.ppo.microbatch import token_budget_micro_batches
 
     batch = make_batch([2, 6, 3, 5, 1, 4], [5, 1, 2, 5, 0, 3])  # 7, 7, 5, 10, 1, 7 tokens
     groups = token_budget_micro_batches(torch.arange(6), batch, max_tokens=20)
@@ -312,7 +312,7 @@ def test_token_budget_packs_rows_longest_first_within_the_budget():
 
 def test_a_rank_with_fewer_budget_micro_batches_splits_to_the_others_count():
     """FSDP2 gathers in every pass: each rank must make as many passes as the rank with the most."""
-    from tinyzero.ppo.module import split_to_count
+    from tinyzero.ppo.microbatch import split_to_count
 
     groups = [torch.tensor([3, 0, 1]), torch.tensor([5]), torch.tensor([2, 4])]
     split = split_to_count(groups, 5)

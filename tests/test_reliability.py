@@ -367,7 +367,7 @@ def nan_policy_loss(calls_to_poison):
 
 def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monkeypatch, caplog):
     # QUICK: 8 prompts, mini-batches of 4, two PPO epochs: four actor updates per step
-    monkeypatch.setattr("tinyzero.ppo.module.policy_loss", nan_policy_loss({1}))
+    monkeypatch.setattr("tinyzero.ppo.update.policy_loss", nan_policy_loss({1}))
     cfg = make_cfg("data.max_steps=2", "callbacks.checkpoint.save_hf=false")
     with caplog.at_level(logging.WARNING, logger="tinyzero.ppo.module"):
         _, module = fit(cfg)
@@ -378,7 +378,7 @@ def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monk
     for param in module.policy.parameters():
         assert torch.isfinite(param).all()
 
-    monkeypatch.setattr("tinyzero.ppo.module.policy_loss", nan_policy_loss(None))
+    monkeypatch.setattr("tinyzero.ppo.update.policy_loss", nan_policy_loss(None))
     cfg = make_cfg(
         "data.max_steps=2",
         "algorithm.ppo_epochs=2",  # four actor updates per step: the third in a row falls in step 0
@@ -435,7 +435,7 @@ def test_last_resumes_only_a_checkpoint_saved_with_the_same_settings(make_cfg, c
 # Where the config's classes lived before the package was laid out in layers (commit 56aa59f).
 OLD_LAYOUT_TARGETS = {
     "tinyzero.train.callbacks.": "tinyzero.callbacks.",
-    "tinyzero.rollout.callback.": "tinyzero.callbacks.",
+    "tinyzero.train.rollout_callback.": "tinyzero.callbacks.",
     "tinyzero.train.console.": "tinyzero.console.",
     "tinyzero.train.run_log.": "tinyzero.run_log.",
 }

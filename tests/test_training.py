@@ -17,8 +17,9 @@ from tolerances import ppo_step_bound
 from tinyzero.data.datamodule import StepBatchSampler
 from tinyzero.models import load_critic, load_policy
 from tinyzero.train.build import build, resume_from
-from tinyzero.train.callbacks import RLCheckpoint, RolloutCallback
+from tinyzero.train.callbacks import RLCheckpoint
 from tinyzero.train.checkpointing import run_config
+from tinyzero.train.rollout_callback import RolloutCallback
 
 STEP_METRICS = {
     "score/mean",

@@ -18,7 +18,7 @@ from tinyzero.models import load_policy
 from tinyzero.models.tiny import build_tiny_model
 from tinyzero.rollout import SamplingParams
 from tinyzero.rollout.vllm import VLLMEngine
-from tinyzero.train.callbacks import RolloutCallback
+from tinyzero.train.rollout_callback import RolloutCallback
 
 EOS = 0
 
@@ -205,12 +205,10 @@ def rollout_step(path, rank: int = 0, step: int = 0, prompts=((5, 6), (7,)), n: 
     )
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), global_rank=rank, world_size=2)
     callback.setup(trainer, None, "fit")
-    got = {}
-    module = SimpleNamespace(
-        policy=load_policy(path), rl_step=step, device=torch.device("cpu"), set_rollouts=lambda r, _: got.update(r=r)
-    )
-    callback.on_train_batch_start(trainer, module, {"prompt_ids": [list(p) for p in prompts]}, 0)
-    return callback.engine.llm, got["r"]
+    module = SimpleNamespace(policy=load_policy(path), rl_step=step, device=torch.device("cpu"))
+    batch = {"prompt_ids": [list(p) for p in prompts]}
+    callback.on_train_batch_start(trainer, module, batch, 0)
+    return callback.engine.llm, batch["rollouts"]
 
 
 def test_engine_calls_vllm_by_its_keywords_in_phase_order(vllm, tmp_path):

@@ -1,12 +1,30 @@
-"""FSDP2 helpers: sharding per decoder layer, and gathering full weights one tensor at a time."""
+"""Data-parallel helpers: rank counts and sums, FSDP2 sharding per decoder layer, and gathering full
+weights one tensor at a time."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 
 from tinyzero.errors import ConfigError
+
+
+def data_parallel_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Σ of `tensor` over the data-parallel ranks (in place; the tensor itself on one rank)."""
+    if data_parallel_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def grad_norm_value(norm: torch.Tensor) -> float:
+    """Total grad norm as a float; FSDP2 returns a DTensor that must be gathered first."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def fsdp2_policies(fsdp, role: str, device_type: str) -> dict:

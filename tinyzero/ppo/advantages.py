@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
+
+from tinyzero.distributed import sum_ranks
+from tinyzero.kernels.backend import gae
+from tinyzero.ppo.masked import masked_whiten
 
 
 def compute_gae(
-    token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float
+    token_rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016), all tensors `[B, T]`.
 
     δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   R_t = A_t + V_t.
     The value after the last valid token is 0 (the episode ends there), and padded
-    positions get advantage and return 0.
+    positions get advantage and return 0. `backend` (`resolve_backend`'s answer): the Triton
+    kernel, or the loop over t beside it (`tinyzero.kernels.gae.gae_reference`).
     """
-    mask = response_mask.to(values.dtype)
-    values = values * mask
-    advantages = torch.zeros_like(values)
-    next_value = torch.zeros_like(values[:, 0])
-    next_advantage = torch.zeros_like(values[:, 0])
-    for t in reversed(range(values.shape[1])):
-        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
-        advantage_t = (delta + gamma * lam * next_advantage) * mask[:, t]
-        advantages[:, t] = advantage_t
-        next_value, next_advantage = values[:, t], advantage_t
-    returns = (advantages + values) * mask
-    return advantages, returns
+    return gae(token_rewards, values, response_mask, gamma, lam, backend)
 
 
 def compute_grpo_advantages(
@@ -58,3 +60,31 @@ def compute_grpo_advantages(
     if norm_by_std:
         advantage = advantage / (std[group] + eps)
     return advantage[:, None] * response_mask.to(scores.dtype)
+
+
+def gae_advantages(token_rewards, response_mask, *, values, group_index, algorithm, backend):
+    """GAE over the critic's `values` (`algorithm.gamma`, `algorithm.lam`), whitened over the global
+    batch; returns (advantages, returns), each `[B, T]`."""
+    advantages, returns = compute_gae(token_rewards, values, response_mask, algorithm.gamma, algorithm.lam, backend)
+    return masked_whiten(advantages, response_mask, sum_ranks=sum_ranks) * response_mask, returns
+
+
+def grpo_advantages(token_rewards, response_mask, *, values, group_index, algorithm, backend):
+    """GRPO's group-relative advantage of each response's total reward (`algorithm.norm_adv_by_std`);
+    returns (advantages `[B, T]`, None: no returns, no critic)."""
+    scores = token_rewards.sum(-1)
+    return compute_grpo_advantages(scores, group_index, response_mask, norm_by_std=algorithm.norm_adv_by_std), None
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """`algorithm.adv_estimator`: whether it needs a critic's values, and the function that estimates."""
+
+    needs_critic: bool
+    estimate: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+ADVANTAGE_ESTIMATORS = {
+    "gae": AdvantageEstimator(needs_critic=True, estimate=gae_advantages),  # PPO
+    "grpo": AdvantageEstimator(needs_critic=False, estimate=grpo_advantages),
+}

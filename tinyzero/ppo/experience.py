@@ -52,3 +52,52 @@ def score_rollouts(task, tokenizer, rollouts: Rollouts, ground_truths: list[dict
     texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
     scores = [task.score(text, ground_truths[slot]) for text, slot in zip(texts, rollouts.prompt_index)]
     return torch.tensor(scores, dtype=torch.float32), texts
+
+
+@dataclass
+class Experience:
+    """What the update trains on, per response token `[B, R]` on the training device: the mask, the
+    advantages, the reference policy's log-probs, and where they were computed, the old policy's
+    log-probs (None: on-policy, the update's own) and the critic's values and returns."""
+
+    response_mask: torch.Tensor
+    advantages: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    def rows(self, name: str, idx: torch.Tensor, longest: int) -> torch.Tensor:
+        """A micro-batch's rows of one tensor, cut to its longest response: `[b, longest]`."""
+        return getattr(self, name)[idx, :longest]
+
+
+def check_rewards(task, scores: torch.Tensor) -> None:
+    """A task's rewards must be finite and within [min(0, format_score), 1]."""
+    if not torch.isfinite(scores).all():
+        raise ValueError(f"task {task.name} returned a non-finite reward")
+    low, high = min(0.0, task.format_score), 1.0
+    if ((scores < low) | (scores > high)).any():
+        raise ValueError(f"task {task.name} returned rewards outside [{low}, {high}]: {scores.unique().tolist()}")
+
+
+def sparse_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """`[B, R]`: each response's score `[B]` on its last token, 0 elsewhere (and for an empty response)."""
+    length = response_mask.sum(-1).long()
+    token_scores = torch.zeros_like(response_mask)
+    rows = torch.nonzero(length > 0).squeeze(-1)
+    token_scores[rows, length[rows] - 1] = scores.to(response_mask.device)[rows]
+    return token_scores
+
+
+def score_metrics(scores: torch.Tensor, response_mask: torch.Tensor, max_new_tokens: int) -> dict[str, float]:
+    """The step's rewards and response lengths (a response of `max_new_tokens` was cut off)."""
+    length = response_mask.sum(-1).long()
+    return {
+        "score/mean": scores.mean().item(),
+        "score/accuracy": (scores >= 1.0).float().mean().item(),
+        "score/format_rate": (scores > 0).float().mean().item(),
+        "response_length/mean": length.float().mean().item(),
+        "response_length/max": length.max().item(),
+        "response_length/clip_rate": (length >= max_new_tokens).float().mean().item(),
+    }

@@ -16,11 +16,12 @@ from transformers.utils import logging as hf_logging
 
 from tinyzero.data.datamodule import OVERLONG_PROMPTS, PromptDataModule
 from tinyzero.errors import ConfigError
+from tinyzero.kernels.backend import BACKENDS
 from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
 from tinyzero.models.loading import DTYPES, load_tokenizer
-from tinyzero.ppo.logprobs import BACKENDS
+from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
 from tinyzero.ppo.losses import KL_KINDS, LOSS_AGG_MODES
-from tinyzero.ppo.module import ADV_ESTIMATORS, PPOModule
+from tinyzero.ppo.module import PPOModule
 from tinyzero.rollout.base import SamplingParams
 from tinyzero.rollout.select import ENGINE_KINDS, resolve_engine
 from tinyzero.tasks import TEMPLATES
@@ -31,7 +32,7 @@ from tinyzero.train.console import quiet_known_noise
 log = logging.getLogger(__name__)
 
 CHOICES = {
-    "algorithm.adv_estimator": ADV_ESTIMATORS,
+    "algorithm.adv_estimator": tuple(ADVANTAGE_ESTIMATORS),
     "algorithm.kl_ctrl": ("fixed", "adaptive"),
     "algorithm.kl_penalty": tuple(KL_KINDS),
     "algorithm.kl_loss_type": tuple(KL_KINDS),
