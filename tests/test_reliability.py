@@ -369,7 +369,7 @@ def test_a_nan_loss_skips_the_update_then_aborts_after_n_in_a_row(make_cfg, monk
     # QUICK: 8 prompts, mini-batches of 4, two PPO epochs: four actor updates per step
     monkeypatch.setattr("tinyzero.ppo.update.policy_loss", nan_policy_loss({1}))
     cfg = make_cfg("data.max_steps=2", "callbacks.checkpoint.save_hf=false")
-    with caplog.at_level(logging.WARNING, logger="tinyzero.ppo.module"):
+    with caplog.at_level(logging.WARNING, logger="tinyzero.ppo.update"):
         _, module = fit(cfg)
     assert module.rl_step == 2
     assert "step 0: skipped a actor update with non-finite {'actor/pg_loss': nan" in caplog.text

@@ -1,15 +1,12 @@
-"""The LightningModule: one PPO / GRPO step from rollouts to updated policy and critic.
-
-`RolloutCallback` generates before each step and adds the rollouts to the batch (`batch["rollouts"]`);
-`training_step` then reads in the order it runs: pack the sequences, make the experience (score, old
-and reference log-probs, KL in the reward, values, advantages), update (`ppo_epochs` passes of clipped
-updates over shuffled mini-batches), log. It returns the step's decoded responses and scores.
-"""
+"""The LightningModule: one PPO / GRPO step from rollouts to updated policy and critic. `RolloutCallback`
+generates before each step and adds the rollouts to the batch (`batch["rollouts"]`); `training_step` then
+reads in the order it runs: pack the sequences, make the experience (score, old and reference log-probs, KL
+in the reward, values, advantages), update (`ppo_epochs` passes of clipped updates over shuffled
+mini-batches), log. It returns the step's decoded responses and scores."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from functools import partial
 
@@ -35,7 +32,7 @@ from tinyzero.ppo.logprobs import response_logprobs, response_values
 from tinyzero.ppo.losses import kl_penalty
 from tinyzero.ppo.masked import masked_mean
 from tinyzero.ppo.microbatch import chunks, micro_batches, trimmed
-from tinyzero.ppo.update import actor_loss, critic_loss, optimizer_step
+from tinyzero.ppo.update import NonfiniteStreaks, actor_loss, adamw_with_warmup, critic_loss, optimizer_step
 from tinyzero.rng import global_rng_state, set_global_rng_state
 from tinyzero.tasks.behaviour import behaviour_rates
 
@@ -79,7 +76,7 @@ class PPOModule(L.LightningModule):
         )
         self.shuffle = torch.Generator().manual_seed(seed)
         self.rl_step = 0
-        self.nonfinite_streak = {"actor": 0, "critic": 0}  # skipped updates in a row, per model
+        self.nonfinite = NonfiniteStreaks(algorithm.nonfinite_abort_after)
         self.policy = self.critic = self.reference = None
 
     # ---- models -------------------------------------------------------------------------
@@ -112,20 +109,8 @@ class PPOModule(L.LightningModule):
             log.info("lm_head: fused with the log-prob (chunks of %s tokens)", self.head_kernels["chunk_tokens"])
 
     def configure_optimizers(self):
-        def build(model, lr):
-            optimizer = torch.optim.AdamW(
-                model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.999)
-            )
-            warmup = max(1, self.cfg.lr_warmup_steps)
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)),
-            }
-
-        configs = [build(self.policy, self.cfg.actor_lr)]
-        if self.use_critic:
-            configs.append(build(self.critic, self.cfg.critic_lr))
-        return configs
+        models = [(self.policy, self.cfg.actor_lr)] + ([(self.critic, self.cfg.critic_lr)] if self.use_critic else [])
+        return [adamw_with_warmup(model, lr, self.cfg.weight_decay, self.cfg.lr_warmup_steps) for model, lr in models]
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.model_cfg.autocast_bf16)
@@ -265,7 +250,7 @@ class PPOModule(L.LightningModule):
                         self.autocast,
                     )
                     skipped += not stepped
-                    self.count_nonfinite(name, stepped, parts)
+                    self.nonfinite.record(name, stepped, parts, self.rl_step)
                     parts[f"{name}/grad_norm"] = parts.pop("grad_norm")
                     for key, value in parts.items():
                         totals.setdefault(key, []).append(value)
@@ -279,22 +264,6 @@ class PPOModule(L.LightningModule):
             schedulers[1].step()
         metrics["train/skipped_updates"] = skipped
         return metrics
-
-    def count_nonfinite(self, name: str, stepped: bool, parts: dict[str, float]) -> None:
-        """A skipped update is logged; `algorithm.nonfinite_abort_after` of them in a row end the run."""
-        if stepped:
-            self.nonfinite_streak[name] = 0
-            return
-        self.nonfinite_streak[name] += 1
-        bad = {key: value for key, value in parts.items() if not math.isfinite(value)}
-        log.warning("step %d: skipped a %s update with non-finite %s", self.rl_step, name, bad)
-        limit = self.cfg.nonfinite_abort_after
-        if limit and self.nonfinite_streak[name] >= limit:
-            raise FloatingPointError(
-                f"aborting at step {self.rl_step}: {limit} {name} updates in a row had a non-finite loss or "
-                f"gradient ({bad}; algorithm.nonfinite_abort_after={limit}). Resume from the last checkpoint "
-                f"(ckpt_path=last) with a lower learning rate or tighter grad_clip."
-            )
 
     def log_step(self, metrics: dict, timings: dict, batch: Batch, num_prompts: int) -> None:
         """The step's metrics and timings, at the RL step (as the callbacks log theirs, not at Lightning's

@@ -3,6 +3,7 @@ mini-batch with gradients accumulated over its micro-batches (skipped when not f
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from tinyzero.ppo.experience import Batch, Experience
 from tinyzero.ppo.logprobs import response_values
 from tinyzero.ppo.losses import aggregate_loss, entropy_bonus, kl_penalty, policy_loss, value_loss
 from tinyzero.ppo.microbatch import micro_batches, trimmed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,33 @@ def optimizer_step(
     optimizer.step()
     optimizer.zero_grad()  # no gradients held while the engine generates
     return sums, True
+
+
+class NonfiniteStreaks:
+    """Updates skipped for a non-finite loss or gradient, in a row, per model: each is logged, and
+    `limit` (`algorithm.nonfinite_abort_after`; 0: never) in a row end the run."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak = limit, {"actor": 0, "critic": 0}
+
+    def record(self, name: str, stepped: bool, parts: dict[str, float], rl_step: int) -> None:
+        if stepped:
+            self.streak[name] = 0
+            return
+        self.streak[name] += 1
+        bad = {key: value for key, value in parts.items() if not math.isfinite(value)}
+        log.warning("step %d: skipped a %s update with non-finite %s", rl_step, name, bad)
+        if self.limit and self.streak[name] >= self.limit:
+            raise FloatingPointError(
+                f"aborting at step {rl_step}: {self.limit} {name} updates in a row had a non-finite loss or "
+                f"gradient ({bad}; algorithm.nonfinite_abort_after={self.limit}). Resume from the last checkpoint "
+                f"(ckpt_path=last) with a lower learning rate or tighter grad_clip."
+            )
+
+
+def adamw_with_warmup(model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int) -> dict:
+    """AdamW (β = 0.9, 0.999) and a linear warm-up to `lr` over `warmup_steps` updates, then constant."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    warmup = max(1, warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    return {"optimizer": optimizer, "lr_scheduler": schedule}
