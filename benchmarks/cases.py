@@ -1,10 +1,9 @@
 """Inputs and the functions benchmarked; module-level so a spawned process can import them."""
 
 import torch
+from tinyzero.kernels.gae import gae_reference
 from tinyzero.kernels.linear_logprobs import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
-
-from tinyzero.ppo.advantages import compute_gae
-from tinyzero.ppo.logprobs import logprobs_and_entropy_torch
+from tinyzero.kernels.logprobs import logprobs_and_entropy_reference
 
 VOCAB = 151_936
 
@@ -16,7 +15,7 @@ def logprob_inputs(n: int, vocab: int = VOCAB, device: str = "cpu"):
 
 
 def eager_logprobs_fwd_bwd(logits, labels):
-    logprobs, entropy = logprobs_and_entropy_torch(logits, labels)
+    logprobs, entropy = logprobs_and_entropy_reference(logits, labels)
     (logprobs.sum() + entropy.sum()).backward()
     logits.grad = None
 
@@ -53,4 +52,4 @@ def gae_inputs(batch: int, steps: int, device: str = "cpu"):
 
 
 def loop_gae(rewards, values, mask):
-    return compute_gae(rewards, values, mask, 1.0, 0.95)
+    return gae_reference(rewards, values, mask, 1.0, 0.95)

@@ -42,10 +42,9 @@ def signature(fn, constexprs: dict, **types: str) -> dict[str, str]:
 
 
 def kernel_modules() -> list:
-    import tinyzero.kernels as package
-
-    names = [m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")]
-    return [importlib.import_module(f"tinyzero.kernels.{name}") for name in names if name != "compile_all"]
+    """The package's modules, this one aside."""
+    names = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_")]
+    return [importlib.import_module(f"{__package__}.{name}") for name in names if name != "compile_all"]
 
 
 def launched_kernels(module) -> set[str]:

@@ -3,7 +3,8 @@
     δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   R_t = A_t + V_t,
 
 with V and A zero past the last valid token (right-padded `response_mask`). veRL and TinyZero
-run this as a Python loop over t: one set of kernel launches per response token.
+run this as a Python loop over t: one set of kernel launches per response token (`gae_reference`,
+the torch path and the tests' ground truth).
 
 Each program owns `BLOCK_B` rows and walks them backwards in `[BLOCK_B, BLOCK_T]` tiles, each
 row's `BLOCK_T` elements contiguous (coalesced loads). Masked, the recurrence is affine,
@@ -17,11 +18,8 @@ Bytes moved: 3·B·T·4 read (rewards, values, mask) and 2·B·T·4 written.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
-from tinyzero.kernels._runtime import interpreting
 
-from tinyzero.ppo.advantages import compute_gae as gae_reference  # noqa: F401
+from ._runtime import interpreting, tl, triton
 
 TILE_ELEMENTS = 1024  # elements per tile on a GPU: 4 KB per input
 MAX_BLOCK_T = 1024
@@ -85,7 +83,7 @@ def launch_config(n_rows: int, n_steps: int) -> tuple[int, int]:
 def compile_configurations():
     """Every (kernel, signature, constexprs, options) a GPU launch from this file can compile: one
     per power-of-two `BLOCK_T` that `launch_config` can pick."""
-    from tinyzero.kernels.compile_all import signature
+    from .compile_all import signature
 
     block_t = 1
     while block_t <= MAX_BLOCK_T:
@@ -98,7 +96,7 @@ def compile_configurations():
 def gae(
     token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float, out=None
 ):
-    """(advantages, returns), float32 `[B, T]`: the contract of `compute_gae`, in one launch
+    """(advantages, returns), float32 `[B, T]`: the contract of `gae_reference`, in one launch
     (written into `out`, a pair of contiguous float32 tensors, when given)."""
     if not token_rewards.shape == values.shape == response_mask.shape or token_rewards.dim() != 2:
         raise ValueError("token_rewards, values and response_mask must share one [B, T] shape")
@@ -123,4 +121,28 @@ def gae(
         BLOCK_T=block_t,
         num_warps=NUM_WARPS,
     )
+    return advantages, returns
+
+
+def gae_reference(
+    token_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) as a loop over t, all tensors `[B, T]`
+    (in the values' dtype: float64 for the tests' ground truth).
+
+    δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   R_t = A_t + V_t.
+    The value after the last valid token is 0 (the episode ends there), and padded
+    positions get advantage and return 0.
+    """
+    mask = response_mask.to(values.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        advantage_t = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = advantage_t
+        next_value, next_advantage = values[:, t], advantage_t
+    returns = (advantages + values) * mask
     return advantages, returns

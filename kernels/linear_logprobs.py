@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import torch
 
+from ._runtime import can_run
+from .logprobs import logprobs_and_entropy_reference, logprobs_entropy_backward, logprobs_entropy_forward
+
 BACKENDS = ("torch", "triton")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # 512 MiB of logits per chunk keeps the memory plan's logits line under 1 GiB (the chunk's
@@ -81,15 +84,8 @@ def _torch_backward(logits, labels, lse, entropy, grad_logprobs, grad_entropy, t
     return logits.copy_(grad)  # a no-op for float32 logits: grad is that buffer
 
 
-def _triton_forward(logits, labels, temperature):
-    from tinyzero.kernels.logprobs import logprobs_entropy_forward
-
-    return logprobs_entropy_forward(logits, labels, temperature)
-
-
 def _triton_backward(logits, labels, lse, entropy, grad_logprobs, grad_entropy, temperature):
-    from tinyzero.kernels.logprobs import logprobs_entropy_backward
-
+    """`dlogits` written into `logits` `[C, V]` by the Triton backward kernel."""
     return logprobs_entropy_backward(logits, labels, lse, entropy, grad_logprobs, grad_entropy, temperature, out=logits)
 
 
@@ -105,7 +101,7 @@ def _add_product(dweight: torch.Tensor, dlogits: torch.Tensor, h: torch.Tensor) 
         dweight.add_(dlogits.T @ h)  # the chunk's product in the inputs' dtype, summed in float32
 
 
-_PATHS = {"torch": (_torch_forward, _torch_backward), "triton": (_triton_forward, _triton_backward)}
+_PATHS = {"torch": (_torch_forward, _torch_backward), "triton": (logprobs_entropy_forward, _triton_backward)}
 
 
 class LinearLogprobsEntropy(torch.autograd.Function):
@@ -182,14 +178,11 @@ def _check(hidden, weight, labels, temperature, chunk_tokens, backend) -> int:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    if backend == "triton":
-        from tinyzero.kernels._runtime import can_run
-
-        if not can_run(hidden):
-            raise ValueError(
-                "backend='triton' needs triton and CUDA tensors (or TRITON_INTERPRET=1); "
-                "choose it with tinyzero.ppo.logprobs.resolve_backend"
-            )
+    if backend == "triton" and not can_run(hidden):
+        raise ValueError(
+            "backend='triton' needs triton and CUDA tensors (or TRITON_INTERPRET=1); "
+            "choose it with tinyzero.kernels.backend.resolve_backend"
+        )
     if chunk_tokens == "auto":
         return auto_chunk_tokens(weight.shape[0], hidden.dtype)
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
@@ -212,7 +205,7 @@ def linear_logprobs_and_entropy(
     `chunk_tokens`: tokens per chunk, or "auto" (`auto_chunk_tokens`: 512 MiB of logits).
     `backend`: "torch" (any device, exact float32 math) or "triton" (the fused kernels of
     `tinyzero.kernels.logprobs` on each chunk; CUDA or TRITON_INTERPRET=1), as resolved by
-    `tinyzero.ppo.logprobs.resolve_backend`. Under FSDP2 pass the weight read inside the root
+    `tinyzero.kernels.backend.resolve_backend`. Under FSDP2 pass the weight read inside the root
     module's forward (module docstring)."""
     chunk = _check(hidden, weight, labels, temperature, chunk_tokens, backend)
     return LinearLogprobsEntropy.apply(hidden, weight, labels.contiguous(), float(temperature), chunk, backend)
@@ -222,7 +215,4 @@ def linear_logprobs_and_entropy_reference(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unfused: the whole `[N, V]` logits, then the eager log-prob + entropy; float32 `[N]` each."""
-    # imported here: tinyzero.ppo.logprobs imports this module
-    from tinyzero.ppo.logprobs import logprobs_and_entropy_torch
-
-    return logprobs_and_entropy_torch(hidden @ weight.T, labels, temperature)
+    return logprobs_and_entropy_reference(hidden @ weight.T, labels, temperature)

@@ -13,11 +13,8 @@ With z = logits / τ, lse = log Σ e^z, p = e^{z − lse}:
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
-from tinyzero.kernels._runtime import interpreting
 
-from tinyzero.ppo.logprobs import logprobs_and_entropy_torch as logprobs_and_entropy_reference  # noqa: F401
+from ._runtime import interpreting, tl, triton
 
 # finite stand-in for −inf: keeps exp(m_old − m_new) defined for all −inf rows. A global read
 # inside @triton.jit must be a constexpr: the compiler refuses a plain float (the interpreter does not).
@@ -116,7 +113,7 @@ def _launch_config(n_rows: int, vocab: int) -> tuple[int, int]:
 
 def compile_configurations():
     """Every (kernel, signature, constexprs, options) a GPU launch from this file can compile."""
-    from tinyzero.kernels.compile_all import signature
+    from .compile_all import signature
 
     for dtype in ("fp32", "bf16", "fp16"):
         for block_v in GPU_BLOCK_V:
@@ -220,3 +217,16 @@ def logprobs_and_entropy(
     `inplace_backward=True` writes the gradient into the logits buffer (saves N·V memory;
     the logits must not be needed after the backward pass)."""
     return LogprobsEntropy.apply(logits, labels, temperature, inplace_backward)
+
+
+def logprobs_and_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0):
+    """Eager torch: `logits` `[N, V]`, `labels` `[N]` → (log p(label), H(p)), float32 `[N]`.
+
+    log p = z_y/τ − logsumexp(z/τ),  H = logsumexp(z/τ) − Σ_v p_v z_v/τ.
+    """
+    scaled = logits.float() / temperature
+    logsumexp = torch.logsumexp(scaled, dim=-1)
+    logprobs = scaled.gather(-1, labels[:, None]).squeeze(-1) - logsumexp
+    probs = torch.softmax(scaled, dim=-1)
+    entropy = logsumexp - (probs * scaled.masked_fill(probs == 0, 0)).sum(-1)
+    return logprobs, entropy

@@ -5,8 +5,7 @@ import os
 
 import pytest
 import torch
-
-from tinyzero.ppo.logprobs import resolve_backend
+from tinyzero.kernels.backend import resolve_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,9 +23,9 @@ def test_auto_is_triton_on_cuda_and_torch_on_cpu(monkeypatch):
 
 
 def test_auto_without_triton_is_torch_everywhere(monkeypatch):
-    import tinyzero.kernels._runtime as runtime
+    import tinyzero.kernels.backend as backend
 
-    monkeypatch.setattr(runtime, "triton_available", lambda: False)
+    monkeypatch.setattr(backend, "triton_available", lambda: False)
     backend, reason = resolve_backend("auto", "cuda")
     assert backend == "torch" and "not installed" in reason
 

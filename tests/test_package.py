@@ -42,17 +42,46 @@ def test_package_level_kernel_exports(tmp_path):
 def test_without_triton_the_package_and_transformers_still_import_from_the_checkout():
     """`make demo` installs no triton: from the repo root (where `kernels/` shadows the HF package
     transformers probes with getattr(kernels, "__version__", ...)) the model code imports, and a
-    kernel names what it needs."""
+    kernel launch names what it needs."""
     code = (
         "import sys; sys.modules['triton'] = None\n"  # as if not installed
-        "import kernels, tinyzero.kernels\n"
+        "import kernels, tinyzero.kernels, torch\n"
         "from transformers.models.qwen2 import modeling_qwen2\n"
         "assert getattr(kernels, '__version__', 'absent') == 'absent'\n"
         "try:\n"
-        "    from tinyzero.kernels import gae\n"
+        "    tinyzero.kernels.gae(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), 1.0, 1.0)\n"
         "except ImportError as error:\n"
         "    print(error)\n"
     )
     result = run(code, ROOT)
     assert result.returncode == 0, result.stderr
-    assert "tinyzero.kernels.gae needs triton" in result.stdout
+    assert "the Triton kernels need triton" in result.stdout
+
+
+def test_without_triton_the_backend_switch_runs_the_torch_references(tmp_path):
+    """`tinyzero.kernels.backend` and what imports it (the RL core, build) import without triton;
+    `auto` answers `torch` even on CUDA, and each op runs its torch reference."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from tinyzero.kernels.backend import gae, logprobs_and_entropy, resolve_backend\n"
+        "from tinyzero.kernels.gae import gae_reference\n"
+        "from tinyzero.kernels.linear_logprobs import linear_logprobs_and_entropy\n"
+        "from tinyzero.kernels.linear_logprobs import linear_logprobs_and_entropy_reference as unfused\n"
+        "import tinyzero.ppo.advantages, tinyzero.ppo.logprobs, tinyzero.train.build\n"
+        "backend, reason = resolve_backend('auto', 'cuda')\n"
+        "assert backend == 'torch' and 'not installed' in reason, reason\n"
+        "inputs = torch.randn(3, 9), torch.randn(3, 9), (torch.rand(3, 9) > 0.3).float()\n"
+        "got, want = gae(*inputs, 0.99, 0.95, backend), gae_reference(*inputs, 0.99, 0.95)\n"
+        "assert all(torch.equal(a, b) for a, b in zip(got, want))\n"
+        "hidden, weight, labels = torch.randn(6, 8), torch.randn(11, 8), torch.randint(11, (6,))\n"
+        "logprobs, entropy = logprobs_and_entropy(hidden @ weight.T, labels, 0.9, backend)\n"
+        "assert torch.equal(logprobs, unfused(hidden, weight, labels, 0.9)[0])\n"
+        "chunked = linear_logprobs_and_entropy(hidden, weight, labels, 0.9, chunk_tokens=4, backend=backend)\n"
+        "assert torch.allclose(chunked[1], entropy, atol=1e-5)\n"
+        "print('ok')\n"
+    )
+    result = run(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+

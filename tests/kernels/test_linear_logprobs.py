@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from references import float64_linear_logprobs
 from tinyzero.kernels.linear_logprobs import (
     auto_chunk_tokens,
     linear_logprobs_and_entropy,
@@ -15,8 +16,6 @@ from tinyzero.kernels.linear_logprobs import (
 )
 from tolerances import assert_within, decoder_bound, logprob_bounds, relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from tinyzero.acceptance import float64_linear_logprobs
 
 OUTPUTS = ("logprobs", "entropy", "dhidden", "dweight")
 

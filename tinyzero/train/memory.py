@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from omegaconf import DictConfig
 
-from tinyzero.ppo.logprobs import resolve_backend
+from tinyzero.kernels.backend import auto_chunk_tokens, resolve_backend
 
 log = logging.getLogger(__name__)
 GIB = 2**30
@@ -127,7 +127,7 @@ class MemoryPlan:
 # reserved 4.1 GiB (7.8 %) beyond its 51.9 GiB allocated peak.
 CUDA_CONTEXT_BYTES = 1.0 * GIB
 ALLOCATOR_SLACK = 0.10  # reserved beyond allocated (block rounding, fragmentation), of the rest
-# float32 [tokens, vocab] temporaries of the eager log-prob + entropy (`logprobs_and_entropy_torch`):
+# float32 [tokens, vocab] temporaries of the eager log-prob + entropy (`logprobs_and_entropy_reference`):
 # scaled logits, softmax, their product and the gradients of each, alive together at the peak
 EAGER_FLOAT32_COPIES = {"train": 5, "no_grad": 3}
 
@@ -282,7 +282,6 @@ def model_shape(model_cfg) -> Shape:
 
 def chunk_tokens(setting: int | str, vocab: int, dtype: str) -> int:
     """`kernels.chunk_tokens` in tokens: `auto` as the fused head resolves it."""
-    from tinyzero.kernels.linear_logprobs import auto_chunk_tokens
     from tinyzero.models.loading import resolve_dtype
 
     return auto_chunk_tokens(vocab, resolve_dtype(dtype)) if setting == "auto" else int(setting)
