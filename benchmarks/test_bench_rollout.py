@@ -9,14 +9,16 @@ there: a training run pays that once per wake-up).
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from gpu.models import TINY_ARCHITECTURE, build_random_model
 from omegaconf import OmegaConf
 
-from tinyzero.acceptance import ROOT, TINY_ARCHITECTURE, build_random_model
 from tinyzero.rollout import CompiledEngine, HFEngine, SamplingParams
 
+ROOT = Path(__file__).resolve().parent.parent
 CUDA = torch.cuda.is_available()
 PROMPT_TOKENS = 48
 

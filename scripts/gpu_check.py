@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the stages: tests/gpu/, beside the float64 references
 # seconds per stage on one H100/H200; --cpu uses its own
 LIMITS = {"a": 45, "b": 90, "c": 330, "d": 90, "e": 240, "f": 240}
 CPU_LIMITS = {"a": 60, "b": 60, "c": 150, "d": 150, "e": 30, "f": 90}
@@ -31,8 +32,7 @@ def run_stage(stage: str, out: Path, cpu: bool) -> None:
     """In the child process: run one stage and write its rows and verdict to `stage_<x>.json`."""
     if cpu:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-    sys.path.insert(0, str(ROOT))
-    from tinyzero.acceptance import STAGES
+    from gpu import STAGES
 
     name, fn = STAGES[stage]
     rows, ok = fn(out, small=cpu)
@@ -80,7 +80,7 @@ def main() -> int:
             return 2
         print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__}) -> {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    from tinyzero.acceptance import STAGES
+    from gpu import STAGES
 
     limits = CPU_LIMITS if args.cpu else LIMITS
     results = []

@@ -1,0 +1,112 @@
+"""Stage c, PPO steps at the Qwen2.5-1.5B shape (random weights) for the fused Triton path and the
+eager one: seconds per phase and each phase's measured peak against the memory plan; stage d, the
+tiny recipe on the GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .runs import ROOT, last_metrics, save_partial, train
+
+PHASES = ("time/generate", "time/experience", "time/update")
+MEMORY_KEYS = [
+    f"memory/{key}"
+    for phase in ("train", "generate")
+    for key in (f"{phase}_peak_gib", f"{phase}_peak_allocated_gib", f"{phase}_outside_torch_gib", f"plan_{phase}_gib")
+]
+# the log-prob paths compared at the 1.5B shape: the default and the eager reference (on an
+# H200 each took about 150 s with the transformers engine, which generated 16 × 1024 tokens in 23
+# to 65 s; the runs now take the engine `auto` picks there: vLLM or the compiled engine)
+VARIANTS = {
+    "triton fused": ["kernels.backend=triton", "kernels.fused_lm_head=true"],
+    "torch unfused": ["kernels.backend=torch", "kernels.fused_lm_head=false"],
+}
+
+
+def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
+    architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/qwen2.5-1.5b.yaml").architecture)
+    if small:
+        architecture.update(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+        architecture.update(num_attention_heads=4, num_key_value_heads=2)
+    model_dir = out / "model_1.5b_shape"
+    # built in a process of its own: memory this process kept cached would count against the runs
+    builder = "import json, pathlib, sys; sys.path.insert(0, sys.argv[4]); from gpu.models import build_random_model; "
+    builder += "build_random_model(pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3])"
+    device = "cpu" if small else "cuda"
+    arguments = [str(model_dir), json.dumps(architecture), device, str(ROOT / "tests")]
+    subprocess.run([sys.executable, "-c", builder, *arguments], check=True)
+    common = [
+        "experiment=countdown_1.5b",
+        f"model.path={model_dir}",
+        "data.source=generate",
+        "data.train_size=512",
+        "data.test_size=16",
+        f"paths.data_dir={out}/data",
+        "data.train_batch_size=16",
+        "algorithm.ppo_mini_batch_size=16",
+        "rollout.engine.kind=auto",  # the recipe asks for vLLM; without it, the compiled engine
+        "data.max_steps=2",
+        "callbacks.rollout.eval_every_n_steps=0",
+        "callbacks.rollout.print_samples_every_n_steps=0",
+        "callbacks.checkpoint.every_n_steps=0",
+        "callbacks.checkpoint.save_hf=false",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    if small:
+        common += ["trainer=cpu", "rollout.max_new_tokens=8", "data.overlong_prompts=truncate"]
+        common += ["data.train_batch_size=4", "algorithm.ppo_mini_batch_size=4", "algorithm.ppo_micro_batch_size=4"]
+    rows, ok = [], True
+    for name, variant in VARIANTS.items():
+        result, run_dir, smi_peak = train(out, f"ppo_1.5b_{name.replace(' ', '_')}", [*common, *variant])
+        metrics = last_metrics(run_dir)
+        steps = sorted((s for s in metrics if s and "time/generate" in metrics[s]), key=float)
+        row = {"variant": name, "returncode": result.returncode, "steps": len(steps)}
+        if steps:
+            last = metrics[steps[-1]]
+            row.update({phase.split("/")[1] + "_s": round(last[phase], 2) for phase in PHASES if phase in last})
+        for key in MEMORY_KEYS:
+            values = [metrics[s][key] for s in metrics if key in metrics[s]]
+            if values:
+                row[key.split("/")[1]] = round(max(values), 2)
+        row["nvidia_smi_peak_gib"] = round(smi_peak, 2)
+        for phase in ("train", "generate"):
+            if f"plan_{phase}_gib" in row and f"{phase}_peak_gib" in row:
+                row[f"plan/measured {phase}"] = round(row[f"plan_{phase}_gib"] / row[f"{phase}_peak_gib"], 3)
+        rows.append(row)
+        save_partial(out, "c", rows)
+        ok = ok and result.returncode == 0 and len(steps) == 2
+    return rows, ok
+
+
+def stage_tiny_recipe(out: Path, small: bool) -> tuple[list[dict], bool]:
+    overrides = ["experiment=countdown_tiny", "callbacks.progress_bar.refresh_rate=0"]
+    if small:
+        # a short pre-training in a cache of its own; kernels.backend=auto picks the torch reference
+        # on CPU (stage a runs the kernels under the interpreter)
+        overrides += ["data.max_steps=2", "callbacks.rollout.eval_every_n_steps=2"]
+        overrides += [f"paths.cache_dir={out}/cache", "model.pretrain.steps=2", "model.pretrain.num_texts=200"]
+        overrides += ["data.test_size=16", f"paths.data_dir={out}/data", "data.train_size=500"]
+        overrides += ["data.train_batch_size=8", "rollout.n=2", "algorithm.ppo_mini_batch_size=8"]
+    else:
+        overrides += ["trainer=gpu", "data.max_steps=30", "callbacks.rollout.eval_every_n_steps=30"]
+        overrides += [f"paths.data_dir={out}/data"]
+    result, run_dir, smi_peak = train(out, "countdown_tiny", overrides)
+    metrics = last_metrics(run_dir)
+    steps = [s for s in metrics if s and "time/step" in metrics[s]]
+    accuracy = {s: metrics[s]["val/accuracy"] for s in metrics if s and "val/accuracy" in metrics[s]}
+    log = (out / "countdown_tiny.log").read_text()
+    backend = next((line.split("backend: ")[1] for line in log.splitlines() if "GAE backend: " in line), "?")
+    row = {
+        "returncode": result.returncode,
+        "steps": len(steps),
+        "s_per_step": round(sum(metrics[s]["time/step"] for s in steps) / max(len(steps), 1), 3),
+        "kernels": backend.strip(),
+        "val_accuracy": {int(float(s)): round(a, 3) for s, a in sorted(accuracy.items(), key=lambda x: float(x[0]))},
+        "nvidia_smi_peak_gib": round(smi_peak, 2),
+    }
+    return [row], result.returncode == 0 and len(steps) == (2 if small else 30)
