@@ -1,8 +1,14 @@
+import os
+import shlex
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_INSTALL = "pip install --no-deps --no-build-isolation --no-index -e ."  # README's Install
 
 
 def run(code, cwd):
@@ -85,3 +91,32 @@ def test_without_triton_the_backend_switch_runs_the_torch_references(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
+
+def test_a_fresh_clone_installs_offline_with_readmes_line(tmp_path):
+    """README's offline line in a fresh `git clone`, in a new venv that sees this environment's
+    packages and nothing of this checkout; then the package imports from a folder outside the clone.
+
+    A venv made from a venv's python with `--system-site-packages` would see the base interpreter's
+    packages, not this environment's: a `.pth` file lists this environment's site-packages instead.
+    The proxies point at a closed port, so any download would fail."""
+    assert OFFLINE_INSTALL in (ROOT / "README.md").read_text()
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone, venv = tmp_path / "clone", tmp_path / "venv"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    purelib = [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+    site_packages = Path(subprocess.run(purelib, capture_output=True, text=True, check=True).stdout.strip())
+    (site_packages / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    closed = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "PIP_CONFIG_FILE": os.devnull}
+    _pip, *arguments = shlex.split(OFFLINE_INSTALL)
+    install = subprocess.run(
+        [python, "-m", "pip", *arguments], cwd=clone, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    code = "import tinyzero.kernels.backend as b, tinyzero.train.build as t; print(b.__file__); print(t.__file__)"
+    result = subprocess.run([python, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(clone / "kernels/backend.py"), str(clone / "tinyzero/train/build.py")]
