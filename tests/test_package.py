@@ -2,7 +2,6 @@ import os
 import shlex
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -97,8 +96,9 @@ def test_a_fresh_clone_installs_offline_with_readmes_line(tmp_path):
     packages and nothing of this checkout; then the package imports from a folder outside the clone.
 
     A venv made from a venv's python with `--system-site-packages` would see the base interpreter's
-    packages, not this environment's: a `.pth` file lists this environment's site-packages instead.
-    The proxies point at a closed port, so any download would fail."""
+    packages, not this environment's: a `.pth` file lists this interpreter's site-packages folders
+    instead (its `.pth` files unread there: no editable install of this checkout). The proxies point
+    at a closed port, so any download would fail."""
     assert OFFLINE_INSTALL in (ROOT / "README.md").read_text()
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
@@ -108,7 +108,8 @@ def test_a_fresh_clone_installs_offline_with_readmes_line(tmp_path):
     python = str(venv / "bin" / "python")
     purelib = [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
     site_packages = Path(subprocess.run(purelib, capture_output=True, text=True, check=True).stdout.strip())
-    (site_packages / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    folders = [path for path in sys.path if path.endswith(("site-packages", "dist-packages"))]
+    (site_packages / "dependencies.pth").write_text("".join(f"{folder}\n" for folder in folders))
     closed = "http://127.0.0.1:9"
     env = {**os.environ, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "PIP_CONFIG_FILE": os.devnull}
     _pip, *arguments = shlex.split(OFFLINE_INSTALL)
