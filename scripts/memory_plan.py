@@ -13,8 +13,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
-from tinyzero.train.memory import GIB, plan_for
+from tinyzero.train.memory import plan_for
 from tinyzero.train.memory_advice import advice
+from tinyzero.train.memory_estimate import GIB
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 

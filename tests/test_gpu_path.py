@@ -16,7 +16,8 @@ from tinyzero.models.attention import resolve_attention
 from tinyzero.models.tiny import build_tiny_model
 from tinyzero.rollout import CompiledEngine, HFEngine, make_engine, resolve_engine
 from tinyzero.rollout.weights import checkpoint_weight_names, missing_weights
-from tinyzero.train.memory import Shape, plan_for
+from tinyzero.train.memory import plan_for
+from tinyzero.train.memory_estimate import Shape
 
 
 @pytest.fixture(params=[True, False], ids=["tied", "untied"])

@@ -12,8 +12,10 @@ import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from tinyzero.train.memory import GIB, check_at_startup, plan_for
-from tinyzero.train.memory_advice import Change, advice, combination, suggestions
+from tinyzero.train.memory import check_at_startup, plan_for
+from tinyzero.train.memory_advice import advice, combination, suggestions
+from tinyzero.train.memory_estimate import GIB
+from tinyzero.train.memory_switches import Change
 
 ONE_GPU_24 = ["experiment=countdown_1.5b", "gpu_memory_gib=24"]
 
