@@ -5,9 +5,8 @@ import os
 
 import pytest
 import torch
+from conftest import ROOT
 from tinyzero.kernels.backend import resolve_backend
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_auto_is_triton_on_cuda_and_torch_on_cpu(monkeypatch):

@@ -1,9 +1,10 @@
+import os
 import random
 import re
 import time
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,7 +83,7 @@ def test_countdown_answer_scope_from_config():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["task.answer_scope=last_line"])
     assert instantiate(cfg.task).score("<answer>2 * 3 * 4</answer>\ndone", GT) == 0.0
     with pytest.raises(ValueError, match=r"task.answer_scope must be one of \['anywhere', 'last_line'\]"):

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT as CHECKOUT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(CHECKOUT)
 OFFLINE_INSTALL = "pip install --no-deps --no-build-isolation --no-index -e ."  # README's Install
 
 
