@@ -10,6 +10,7 @@ import torch
 from tinyzero.distributed import sum_ranks
 from tinyzero.kernels.backend import gae
 from tinyzero.ppo.masked import masked_whiten
+from tinyzero.registry import Registry
 
 
 def compute_gae(
@@ -84,7 +85,6 @@ class AdvantageEstimator:
     estimate: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
-ADVANTAGE_ESTIMATORS = {
-    "gae": AdvantageEstimator(needs_critic=True, estimate=gae_advantages),  # PPO
-    "grpo": AdvantageEstimator(needs_critic=False, estimate=grpo_advantages),
-}
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("algorithm.adv_estimator")
+ADVANTAGE_ESTIMATORS.register("gae", AdvantageEstimator(needs_critic=True, estimate=gae_advantages))  # PPO
+ADVANTAGE_ESTIMATORS.register("grpo", AdvantageEstimator(needs_critic=False, estimate=grpo_advantages))

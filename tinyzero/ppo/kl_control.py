@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import math
 
+from tinyzero.registry import Registry
+
+# kind -> the controller built from the algorithm config (`make_kl_controller`)
+KL_CONTROLLERS: Registry = Registry("algorithm.kl_ctrl")
+
 
 class FixedKLController:
     """A constant KL coefficient β."""
@@ -32,3 +37,14 @@ class AdaptiveKLController(FixedKLController):
         error = min(max(current_kl / self.target_kl - 1, -0.2), 0.2)
         if math.isfinite(error):
             self.value *= 1 + error * n_steps / self.horizon
+
+
+KL_CONTROLLERS.register("fixed", lambda algorithm: FixedKLController(algorithm.kl_coef))
+KL_CONTROLLERS.register(
+    "adaptive", lambda algorithm: AdaptiveKLController(algorithm.kl_coef, algorithm.target_kl, algorithm.kl_horizon)
+)
+
+
+def make_kl_controller(algorithm) -> FixedKLController:
+    """`algorithm.kl_ctrl`'s controller, from `algorithm.kl_coef` (and, adaptive, `target_kl`, `kl_horizon`)."""
+    return KL_CONTROLLERS[algorithm.kl_ctrl](algorithm)

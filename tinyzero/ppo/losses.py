@@ -6,10 +6,58 @@ from __future__ import annotations
 import torch
 
 from tinyzero.ppo.masked import masked_mean, masked_sum
+from tinyzero.registry import Registry
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "micro-batch-mean-token-mean")
-KL_KINDS = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
 MAX_LOG_RATIO = 20.0  # |log π/π'| before `exp`, as in veRL: e^20 is finite in fp32 and bf16
+# mode -> reducer(loss_mat, mask, tokens, seqs): how `[B, T]` per-token losses become one (`aggregate_loss`)
+LOSS_AGG_MODES: Registry = Registry("algorithm.loss_agg_mode")
+# kind -> estimator(log r) of the per-token KL, log r = log π_ref − log π (`kl_penalty`)
+KL_ESTIMATORS: Registry = Registry("algorithm.kl_penalty")
+
+
+@LOSS_AGG_MODES.register("token-mean")
+def token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, tokens, seqs) -> torch.Tensor:
+    """Σ_bt m l / N_tok."""
+    return masked_sum(loss_mat, mask) / tokens
+
+
+@LOSS_AGG_MODES.register("seq-mean-token-sum")
+def seq_mean_token_sum(loss_mat: torch.Tensor, mask: torch.Tensor, tokens, seqs) -> torch.Tensor:
+    """Σ_b Σ_t m l / N_seq."""
+    return masked_sum(loss_mat, mask) / max(seqs, 1)
+
+
+@LOSS_AGG_MODES.register("seq-mean-token-mean")
+def seq_mean_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, tokens, seqs) -> torch.Tensor:
+    """Σ_b (Σ_t m l / Σ_t m) / N_seq."""
+    return masked_mean(loss_mat, mask, dim=-1).sum() / max(seqs, 1)
+
+
+@LOSS_AGG_MODES.register("micro-batch-mean-token-mean")
+def micro_batch_mean_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, tokens, seqs) -> torch.Tensor:
+    """(Σ_bt m l / Σ_bt m) · B / N_seq (TinyZero's veRL): a token mean within each micro-batch,
+    micro-batches weighted by their share of the sequences."""
+    return masked_mean(loss_mat, mask) * mask.shape[0] / max(seqs, 1)
+
+
+@KL_ESTIMATORS.register("k1", aliases=("kl",))
+def kl_k1(log_ratio: torch.Tensor) -> torch.Tensor:
+    """k1 = −log r: unbiased, high variance, negative on some tokens."""
+    return -log_ratio
+
+
+@KL_ESTIMATORS.register("k2", aliases=("mse",))
+def kl_k2(log_ratio: torch.Tensor) -> torch.Tensor:
+    """k2 = ½ (log r)²: biased, low variance, >= 0."""
+    return 0.5 * log_ratio**2
+
+
+@KL_ESTIMATORS.register("k3", aliases=("low_var_kl",))
+def kl_k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """k3 = (r − 1) − log r: unbiased, low variance, >= 0 (`low_var_kl` in veRL; as there, log r is
+    clamped to ±20 before `exp` and k3 to [−10, 10])."""
+    log_ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    return torch.clamp(log_ratio.exp() - 1 - log_ratio, min=-10.0, max=10.0)
 
 
 def aggregate_loss(
@@ -26,40 +74,22 @@ def aggregate_loss(
     gradients are averaged), so the shares of all micro-batches sum to the mini-batch's loss
     (as veRL's `agg_loss` with `batch_num_tokens`). None: this batch's own counts.
 
-    token-mean: Σ_bt m l / N_tok;  seq-mean-token-sum: Σ_b Σ_t m l / N_seq;
-    seq-mean-token-mean: Σ_b (Σ_t m l / Σ_t m) / N_seq;
-    micro-batch-mean-token-mean (TinyZero's veRL): (Σ_bt m l / Σ_bt m) · B / N_seq, a token mean
-    within each micro-batch, micro-batches weighted by their share of the sequences.
+    `mode`: a name in `LOSS_AGG_MODES` (token-mean, seq-mean-token-sum, seq-mean-token-mean,
+    micro-batch-mean-token-mean), whose reducer says its formula.
     """
+    reduce = LOSS_AGG_MODES[mode]
     tokens = mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1)
     seqs = mask.shape[0] if num_seqs is None else num_seqs
-    if mode == "token-mean":
-        return masked_sum(loss_mat, mask) / tokens
-    if mode == "seq-mean-token-sum":
-        return masked_sum(loss_mat, mask) / max(seqs, 1)
-    if mode == "seq-mean-token-mean":
-        return masked_mean(loss_mat, mask, dim=-1).sum() / max(seqs, 1)
-    if mode == "micro-batch-mean-token-mean":
-        return masked_mean(loss_mat, mask) * mask.shape[0] / max(seqs, 1)
-    raise ValueError(f"algorithm.loss_agg_mode must be one of {list(LOSS_AGG_MODES)}, got {mode!r}")
+    return reduce(loss_mat, mask, tokens, seqs)
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token estimate of KL(π ‖ π_ref) from samples of π (Schulman, "Approximating KL").
 
-    With log r = log π_ref − log π:  k1 = −log r,  k2 = ½ (log r)²,  k3 = (r − 1) − log r
-    (`low_var_kl` in veRL; as there, log r is clamped to ±20 before `exp` and k3 to [−10, 10]).
+    With log r = log π_ref − log π:  k1 = −log r,  k2 = ½ (log r)²,  k3 = (r − 1) − log r;
+    `kind`: a name in `KL_ESTIMATORS` (k1 or kl, k2 or mse, k3 or low_var_kl).
     """
-    if kind not in KL_KINDS:
-        raise ValueError(f"algorithm.kl_penalty must be one of {sorted(KL_KINDS)}, got {kind!r}")
-    log_ratio = ref_logprobs - logprobs
-    kind = KL_KINDS[kind]
-    if kind == "k1":
-        return -log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio**2
-    log_ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    return torch.clamp(log_ratio.exp() - 1 - log_ratio, min=-10.0, max=10.0)
+    return KL_ESTIMATORS[kind](ref_logprobs - logprobs)
 
 
 def policy_loss(

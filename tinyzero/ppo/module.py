@@ -27,7 +27,7 @@ from tinyzero.ppo.experience import (
     score_rollouts,
     sparse_token_rewards,
 )
-from tinyzero.ppo.kl_control import AdaptiveKLController, FixedKLController
+from tinyzero.ppo.kl_control import make_kl_controller
 from tinyzero.ppo.logprobs import response_logprobs, response_values
 from tinyzero.ppo.losses import kl_penalty
 from tinyzero.ppo.masked import masked_mean
@@ -69,11 +69,7 @@ class PPOModule(L.LightningModule):
         # KL to the reference is always measured (a kl_coef=0 run's drift is what a KL sweep asks
         # about); it enters the reward with β = kl_coef unless it is a loss term
         self.kl_in_reward = not algorithm.use_kl_loss
-        self.kl_ctrl = (
-            AdaptiveKLController(algorithm.kl_coef, algorithm.target_kl, algorithm.kl_horizon)
-            if algorithm.kl_ctrl == "adaptive"
-            else FixedKLController(algorithm.kl_coef)
-        )
+        self.kl_ctrl = make_kl_controller(algorithm)
         self.shuffle = torch.Generator().manual_seed(seed)
         self.rl_step = 0
         self.nonfinite = NonfiniteStreaks(algorithm.nonfinite_abort_after)

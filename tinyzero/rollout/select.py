@@ -9,38 +9,49 @@ import logging
 import torch
 
 from tinyzero.errors import ConfigError
+from tinyzero.registry import Registry
 from tinyzero.rollout.compiled import CompiledEngine
 from tinyzero.rollout.hf import HFEngine
 
 log = logging.getLogger(__name__)
 
-ENGINE_KINDS = ("auto", "vllm", "compiled", "hf")
+# kind -> resolve(device_type) -> (the engine that runs, why)
+ENGINE_KINDS: Registry = Registry("rollout.engine.kind")
 
 
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_engine(kind: str, device_type: str) -> tuple[str, str]:
-    """(engine, reason): vLLM needs the package and CUDA; the compiled engine's CUDA graphs pay
-    off on CUDA (it runs anywhere, eagerly on CPU); transformers' generate runs anywhere."""
-    if kind not in ENGINE_KINDS:
-        raise ConfigError(f"rollout.engine.kind={kind!r} is not allowed; choose one of {list(ENGINE_KINDS)}")
-    if kind == "vllm":
-        if not vllm_available():
-            raise ConfigError(
-                "rollout.engine.kind=vllm but vLLM is not installed: pip install '.[gpu]', or rollout.engine.kind=auto"
-            )
-        if device_type != "cuda":
-            raise ConfigError(f"rollout.engine.kind=vllm needs CUDA, the trainer is on {device_type}")
-        return kind, "set in config"
-    if kind in ("compiled", "hf"):
-        return kind, "set in config"
+@ENGINE_KINDS.register("auto")
+def auto_engine(device_type: str) -> tuple[str, str]:
+    """vLLM when it imports and the trainer is on CUDA, then the compiled engine on CUDA, else `generate`."""
     if device_type == "cuda":
         if vllm_available():
             return "vllm", "vLLM is installed and the trainer is on CUDA"
         return "compiled", "vLLM is not installed; decoding over a static KV cache with CUDA graphs"
     return "hf", f"the trainer is on {device_type}; generating with transformers"
+
+
+@ENGINE_KINDS.register("vllm")
+def vllm_engine(device_type: str) -> tuple[str, str]:
+    if not vllm_available():
+        raise ConfigError(
+            "rollout.engine.kind=vllm but vLLM is not installed: pip install '.[gpu]', or rollout.engine.kind=auto"
+        )
+    if device_type != "cuda":
+        raise ConfigError(f"rollout.engine.kind=vllm needs CUDA, the trainer is on {device_type}")
+    return "vllm", "set in config"
+
+
+ENGINE_KINDS.register("compiled", lambda device_type: ("compiled", "set in config"))
+ENGINE_KINDS.register("hf", lambda device_type: ("hf", "set in config"))
+
+
+def resolve_engine(kind: str, device_type: str) -> tuple[str, str]:
+    """(engine, reason): vLLM needs the package and CUDA; the compiled engine's CUDA graphs pay
+    off on CUDA (it runs anywhere, eagerly on CPU); transformers' generate runs anywhere."""
+    return ENGINE_KINDS[kind](device_type)
 
 
 def make_engine(

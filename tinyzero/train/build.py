@@ -20,7 +20,7 @@ from tinyzero.kernels.backend import BACKENDS
 from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
 from tinyzero.models.loading import DTYPES, load_tokenizer
 from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
-from tinyzero.ppo.losses import KL_KINDS, LOSS_AGG_MODES
+from tinyzero.ppo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
 from tinyzero.ppo.module import PPOModule
 from tinyzero.rollout.base import SamplingParams
 from tinyzero.rollout.select import ENGINE_KINDS, resolve_engine
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 CHOICES = {
     "algorithm.adv_estimator": tuple(ADVANTAGE_ESTIMATORS),
     "algorithm.kl_ctrl": ("fixed", "adaptive"),
-    "algorithm.kl_penalty": tuple(KL_KINDS),
-    "algorithm.kl_loss_type": tuple(KL_KINDS),
+    "algorithm.kl_penalty": tuple(KL_ESTIMATORS),
+    "algorithm.kl_loss_type": tuple(KL_ESTIMATORS),
     "algorithm.loss_agg_mode": LOSS_AGG_MODES,
     "data.template": tuple(TEMPLATES),
     "model.dtype": tuple(DTYPES),
