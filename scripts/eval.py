@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 from tinyzero.analysis.evaluate import evaluate_checkpoint
 from tinyzero.errors import report_config_error
 from tinyzero.train.checkpointing import discard_unused_run_dir
+from tinyzero.train.kinds import check_values
+from tinyzero.train.schema import EVAL_SCHEMA, SCHEMA, check_not_greedy
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -24,6 +26,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig) -> None:
+    check_values(cfg, EVAL_SCHEMA | {key: SCHEMA[key] for key in ("rollout.max_new_tokens", "seed")})
+    check_not_greedy(cfg, "samples", "sample_temperature")
     result = evaluate_checkpoint(
         cfg.checkpoint,
         instantiate(cfg.task),

@@ -117,9 +117,7 @@ def policy_loss(
     clipped = -advantages * ratio.clamp(1 - clip_ratio_low, 1 + clip_ratio_high)
     loss_mat = torch.maximum(unclipped, clipped)
     clip_fraction = aggregate_loss((clipped > unclipped).float(), response_mask, "token-mean", num_tokens)
-    if clip_ratio_c is not None:
-        if clip_ratio_c <= 1:
-            raise ValueError(f"algorithm.clip_ratio_c must be > 1, got {clip_ratio_c}")
+    if clip_ratio_c is not None:  # > 1 (the schema's `algorithm.clip_ratio_c`)
         loss_mat = torch.where(advantages < 0, torch.minimum(loss_mat, -advantages * clip_ratio_c), loss_mat)
     approx_kl = aggregate_loss(-log_ratio, response_mask, "token-mean", num_tokens)
     loss = aggregate_loss(loss_mat, response_mask, loss_agg_mode, num_tokens, num_seqs)

@@ -8,8 +8,6 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from tinyzero.errors import ConfigError
-
 PHASES = ("weights", "kv_cache")
 
 # Sampling seeds: rank r at RL step s owns the 2**24 seeds from seed + (s · 2**16 + r) · 2**24, one
@@ -31,25 +29,14 @@ def generator_seed(seed: int) -> int:
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample: `n` responses per prompt; `temperature == 0` is greedy; `seed` seeds the
-    run, and a step's rollouts take `replace(sampling, seed=sampling.seed_at(step, rank))`."""
+    run, and a step's rollouts take `replace(sampling, seed=sampling.seed_at(step, rank))`.
+    The values a config gives are checked before anything loads (`rollout.*` in tinyzero/train/schema.py)."""
 
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
-
-    def __post_init__(self):
-        if self.n < 1:
-            raise ConfigError(f"rollout.n must be >= 1, got {self.n}")
-        if self.temperature == 0 and self.n > 1:
-            raise ConfigError(f"greedy sampling (temperature 0) would give rollout.n={self.n} identical responses")
-        if self.temperature < 0:
-            raise ConfigError(f"rollout.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     def seed_at(self, step: int, rank: int) -> int:
         """The first seed of `rank`'s block at RL `step` (see `SEED_BLOCK_BITS`)."""

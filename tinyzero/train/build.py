@@ -14,70 +14,21 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
-from tinyzero.data.datamodule import OVERLONG_PROMPTS, PromptDataModule
+from tinyzero.data.datamodule import PromptDataModule
 from tinyzero.errors import ConfigError
-from tinyzero.kernels.backend import BACKENDS
-from tinyzero.models.attention import ATTENTION_CHOICES, resolve_attention
-from tinyzero.models.loading import DTYPES, load_tokenizer
-from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
-from tinyzero.ppo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
+from tinyzero.models.attention import resolve_attention
+from tinyzero.models.loading import load_tokenizer
 from tinyzero.ppo.module import PPOModule
 from tinyzero.rollout.base import SamplingParams
-from tinyzero.rollout.select import ENGINE_KINDS, resolve_engine
-from tinyzero.tasks import TEMPLATES
+from tinyzero.rollout.select import resolve_engine
 from tinyzero.train.checkpointing import resume_path, run_config
 from tinyzero.train.config_keys import check_command
 from tinyzero.train.console import quiet_known_noise
+from tinyzero.train.kinds import check_values
+from tinyzero.train.schema import SCHEMA, check_not_greedy
 
 log = logging.getLogger(__name__)
 
-CHOICES = {
-    "algorithm.adv_estimator": tuple(ADVANTAGE_ESTIMATORS),
-    "algorithm.kl_ctrl": ("fixed", "adaptive"),
-    "algorithm.kl_penalty": tuple(KL_ESTIMATORS),
-    "algorithm.kl_loss_type": tuple(KL_ESTIMATORS),
-    "algorithm.loss_agg_mode": LOSS_AGG_MODES,
-    "data.template": tuple(TEMPLATES),
-    "model.dtype": tuple(DTYPES),
-    "model.attn_implementation": ATTENTION_CHOICES,
-    "rollout.dtype": tuple(DTYPES),
-    "data.overlong_prompts": OVERLONG_PROMPTS,
-    "fsdp.param_dtype": (None, *DTYPES),
-    "fsdp.reduce_dtype": tuple(DTYPES),
-    "rollout.engine.kind": ENGINE_KINDS,
-    "kernels.backend": BACKENDS,
-    "kernels.fused_lm_head": (True, False),
-}
-# counts: ints (a bool is not one), >= 1
-POSITIVE = (
-    "data.train_batch_size",
-    "data.train_size",
-    "data.test_size",
-    "data.max_prompt_length",
-    "data.epochs",
-    "rollout.n",
-    "rollout.max_new_tokens",
-    "algorithm.ppo_epochs",
-    "algorithm.ppo_mini_batch_size",
-    "algorithm.ppo_micro_batch_size",
-    "algorithm.log_prob_micro_batch_size",
-)
-# counts that may also take their default: (the default, as the message names it)
-COUNTS_OR_DEFAULT = {
-    "data.max_steps": (None, "null (data.epochs decide)"),
-    "algorithm.ppo_max_token_len_per_micro_batch": (None, "null"),
-    "kernels.chunk_tokens": ("auto", "'auto'"),
-}
-NON_NEGATIVE_COUNTS = ("algorithm.critic_warmup", "algorithm.lr_warmup_steps", "algorithm.nonfinite_abort_after")
-NON_NEGATIVE = (
-    "algorithm.kl_coef",
-    "algorithm.kl_loss_coef",
-    "algorithm.actor_lr",
-    "algorithm.critic_lr",
-    "algorithm.entropy_coeff",
-    "algorithm.grad_clip",
-    "rollout.temperature",
-)
 # a path-like data source (not a hub name such as Jiayi-Pan/Countdown-Tasks-3to4) must exist
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
@@ -116,33 +67,13 @@ def recipe_name(cfg: DictConfig) -> str:
     return "this recipe"
 
 
-def is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
-    """Fail on a wrong value before anything loads, naming the key and what is allowed; `overrides`
-    (the command line's, from Hydra when it runs the script) may not set a key this recipe never reads
-    nor add one with `+` that nothing reads."""
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
-    for key in POSITIVE + NON_NEGATIVE_COUNTS:
-        value, bound = OmegaConf.select(cfg, key), 1 if key in POSITIVE else 0
-        if not is_count(value) or value < bound:
-            raise ConfigError(f"{key}={value!r} must be an integer >= {bound}")
-    for key, (default, name) in COUNTS_OR_DEFAULT.items():
-        value = OmegaConf.select(cfg, key)
-        if value != default and (not is_count(value) or value < 1):
-            raise ConfigError(f"{key}={value!r} must be {name} or an integer >= 1")
-    for key in NON_NEGATIVE:
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{key}={value!r} must be a number >= 0")
-    top_p = cfg.rollout.top_p
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ConfigError(f"rollout.top_p={top_p!r} must be a number in (0, 1]")
+    """Fail on a wrong value before anything loads, naming the key and what is allowed (each key's entry
+    in tinyzero/train/schema.py, then the rules across keys here); `overrides` (the command line's, from
+    Hydra when it runs the script) may not set a key this recipe never reads nor add one with `+` that
+    nothing reads."""
+    check_values(cfg, SCHEMA)
+    check_not_greedy(cfg, "rollout.n", "rollout.temperature")
     check_task_keys(cfg.task)
     check_pretrain_task(cfg)
     if cfg.model.share_prompt_forward and (cfg.model.gradient_checkpointing or cfg.kernels.fused_lm_head):

@@ -21,7 +21,7 @@ class RLCheckpoint(L.Callback):
     critic in Hugging Face format (`hf/step_K/{policy,critic}`), loadable with `from_pretrained`.
 
     Each is written under a `.tmp` name and renamed into place once whole, so a kill during a
-    save leaves the previous checkpoints intact; `keep_last` keeps only the newest few. The loggers
+    save leaves the previous checkpoints intact; `keep_last` (>= 1; None: all) keeps only the newest few. The loggers
     are flushed first: every row of `metrics.csv` up to step K is on disk before `step_K.ckpt` is.
     A resumed run's `RunLog` carries on the history of the run that saved the checkpoint.
     `run_config` (the resolved config; scripts/train.py sets it) goes into every checkpoint, so
@@ -36,8 +36,6 @@ class RLCheckpoint(L.Callback):
         keep_last: int | None = None,
         run_config: dict | None = None,
     ):
-        if keep_last is not None and keep_last < 1:
-            raise ValueError(f"callbacks.checkpoint.keep_last={keep_last} must be >= 1 or null (keep all)")
         self.dirpath, self.every_n_steps, self.save_hf = Path(dirpath), every_n_steps, save_hf
         self.keep_last, self.run_config = keep_last, run_config
         self._last_saved: int | None = None
