@@ -1,4 +1,4 @@
-"""Test stand-ins for tests/test_fidelity.py, importable by spawned ranks (tests/ on PYTHONPATH).
+"""Test stand-ins for tests/ppo/test_fidelity.py, importable by spawned ranks (tests/ on PYTHONPATH).
 
 `FixedEngine` answers each prompt with responses that depend only on the prompt's token ids,
 so one rank and two ranks train on the same rollouts; `ParityTask` rewards them unevenly.

@@ -1,4 +1,4 @@
-"""Stopping a sweep with a signal, and resuming each job (README's sweeps as written: tests/test_readme.py)."""
+"""Stopping a sweep with a signal, and resuming each job (README's sweeps as written: tests/e2e/test_readme.py)."""
 
 import csv
 import os

@@ -62,7 +62,7 @@ KNOWN_NOISE = (
     (
         r"You're resuming from a checkpoint that ended before the epoch ended",
         "prompts are a pure function of the RL step (StepBatchSampler starts at the checkpoint's step): "
-        "resume is exact, tests/test_reliability.py",
+        "resume is exact, tests/e2e/test_reliability.py",
     ),
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", "inside Lightning 2.6 under torch 2.13"),
 )

@@ -1,113 +1,14 @@
-"""The RL math against slow, obviously-correct references: Python loops in float64."""
+"""The losses, the KL estimators and the loss aggregation against Python loops in float64."""
 
 import math
 import random
 
 import pytest
 import torch
+from ppo_batches import SEEDS, random_batch, ref_aggregate
 from tolerances import assert_within, rounding_bound
 
-from tinyzero.ppo.advantages import compute_gae, compute_grpo_advantages
-from tinyzero.ppo.kl_control import AdaptiveKLController, FixedKLController
-from tinyzero.ppo.losses import LOSS_AGG_MODES, aggregate_loss, entropy_bonus, kl_penalty, policy_loss, value_loss
-from tinyzero.ppo.masked import masked_mean, masked_whiten
-
-SEEDS = range(24)
-
-
-def random_batch(seed):
-    """Random `[B, T]` tensors with random right-padding (some rows fully valid, some empty)."""
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    b, t = rng.randint(1, 12), rng.randint(1, 40)
-    lengths = [rng.choice([0, t, rng.randint(0, t)]) for _ in range(b)]
-    mask = torch.tensor([[1.0] * n + [0.0] * (t - n) for n in lengths], dtype=torch.float64)
-
-    def rand(scale=1.0):
-        return torch.randn(b, t, generator=gen, dtype=torch.float64) * scale
-
-    return b, t, lengths, mask, rand
-
-
-def ref_gae(rewards, values, lengths, gamma, lam):
-    b, t = len(rewards), len(rewards[0])
-    adv = [[0.0] * t for _ in range(b)]
-    ret = [[0.0] * t for _ in range(b)]
-    for i in range(b):
-        running = 0.0
-        for j in reversed(range(lengths[i])):
-            next_value = values[i][j + 1] if j + 1 < lengths[i] else 0.0
-            delta = rewards[i][j] + gamma * next_value - values[i][j]
-            running = delta + gamma * lam * running
-            adv[i][j] = running
-            ret[i][j] = running + values[i][j]
-    return torch.tensor(adv, dtype=torch.float64), torch.tensor(ret, dtype=torch.float64)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_gae_matches_loop(seed):
-    b, t, lengths, mask, rand = random_batch(seed)
-    rewards, values = rand(), rand()
-    gamma, lam = random.Random(seed).choice([(1.0, 1.0), (0.99, 0.95), (0.9, 0.0), (1.0, 0.5)])
-    adv, ret = compute_gae(rewards, values, mask, gamma, lam)
-    ref_adv, ref_ret = ref_gae(rewards.tolist(), values.tolist(), lengths, gamma, lam)
-    # float64 both: δ (3 ops), A = δ + γλA' (a sum of up to T terms, 3 ops), R = A + V
-    bound = rounding_bound(torch.float64, [t], ops=7, sides=2)
-    assert_within(adv, ref_adv, bound, "advantages")
-    assert_within(ret, ref_ret, bound, "returns")
-
-
-def test_gae_hand_computed():
-    rewards = torch.tensor([[0.0, 0.0, 1.0, 5.0]])
-    values = torch.tensor([[0.5, 0.25, 0.75, 9.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    adv, ret = compute_gae(rewards, values, mask, gamma=1.0, lam=1.0)
-    bound = rounding_bound(torch.float32, [4], ops=7)
-    # with γ = λ = 1 the advantage is the return-to-go minus the value; padding is 0
-    assert_within(adv, torch.tensor([[0.5, 0.75, 0.25, 0.0]]), bound, "advantages")
-    assert_within(ret, torch.tensor([[1.0, 1.0, 1.0, 0.0]]), bound, "returns")
-    adv, _ = compute_gae(rewards, values, mask, gamma=0.5, lam=0.0)
-    # λ = 0: one-step TD errors δ_t = r_t + γ V_{t+1} − V_t
-    want = torch.tensor([[0.5 * 0.25 - 0.5, 0.5 * 0.75 - 0.25, 1.0 - 0.75, 0.0]])
-    assert_within(adv, want, bound, "TD errors")
-
-
-def ref_grpo(scores, groups, lengths, t, norm_by_std, eps):
-    out = []
-    for i, s in enumerate(scores):
-        members = [scores[j] for j in range(len(scores)) if groups[j] == groups[i]]
-        if len(members) == 1:
-            mean, std = 0.0, 1.0
-        else:
-            mean = sum(members) / len(members)
-            std = math.sqrt(sum((m - mean) ** 2 for m in members) / (len(members) - 1))
-        a = (s - mean) / (std + eps) if norm_by_std else s - mean
-        out.append([a] * lengths[i] + [0.0] * (t - lengths[i]))
-    return torch.tensor(out, dtype=torch.float64)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_grpo_matches_loop(seed):
-    b, t, lengths, mask, _ = random_batch(seed)
-    rng = random.Random(seed)
-    scores = [rng.choice([0.0, 0.1, 1.0]) + rng.random() * (seed % 2) for _ in range(b)]
-    groups = [rng.randint(0, max(1, b // 3)) * 7 for _ in range(b)]
-    # float32 inside: each group's sums for the mean and the variance (up to B terms), then a
-    # difference, a square root and a division
-    bound = rounding_bound(torch.float32, [b, b], ops=8)
-    for norm in (True, False):
-        got = compute_grpo_advantages(torch.tensor(scores, dtype=torch.float64), torch.tensor(groups), mask, norm)
-        assert_within(got, ref_grpo(scores, groups, lengths, t, norm, 1e-6), bound, f"norm_by_std={norm}")
-
-
-def test_grpo_hand_computed():
-    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
-    groups = torch.tensor([0, 0, 1, 1, 2])
-    mask = torch.ones(5, 2)
-    adv = compute_grpo_advantages(scores, groups, mask, eps=0.0)
-    s = math.sqrt(0.5)  # unbiased std of {0, 1}
-    want = torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 1.0])
-    assert_within(adv[:, 0], want, rounding_bound(torch.float32, [2, 2], ops=8))
+from tinyzero.ppo.losses import LOSS_AGG_MODES, aggregate_loss, kl_penalty, policy_loss, value_loss
 
 
 def ref_kl(logp, ref, kind):
@@ -137,16 +38,6 @@ def test_kl_penalty_matches_loop(kind, seed):
 def test_kl_penalty_rejects_unknown_kind():
     with pytest.raises(ValueError, match="algorithm.kl_penalty.*k3"):
         kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
-
-
-def ref_aggregate(loss, lengths, mode):
-    per_seq = [(sum(row[:n]), n) for row, n in zip(loss, lengths)]
-    if mode in ("token-mean", "micro-batch-mean-token-mean"):  # one micro-batch: the same
-        total = sum(n for _, n in per_seq)
-        return sum(s for s, _ in per_seq) / max(total, 1)
-    if mode == "seq-mean-token-sum":
-        return sum(s for s, _ in per_seq) / len(per_seq)
-    return sum(s / max(n, 1) for s, n in per_seq) / len(per_seq)
 
 
 def ref_policy_loss(old, new, adv, lengths, lo, hi, c, mode):
@@ -237,30 +128,6 @@ def test_value_loss_matches_loop(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_masked_statistics_match_loop(seed):
-    _, _, lengths, mask, rand = random_batch(seed)
-    x = rand(3.0) + 1.0
-    items = [x[i, j].item() for i in range(len(lengths)) for j in range(lengths[i])]
-    if len(items) < 2:
-        return
-    mean = sum(items) / len(items)
-    var = sum((v - mean) ** 2 for v in items) / (len(items) - 1)
-    # float64 both: the mean's and the variance's sums over the items, then (x − mean) / √var
-    bound = rounding_bound(torch.float64, [len(items), len(items)], ops=6, sides=2)
-    assert masked_mean(x, mask).item() == pytest.approx(mean, rel=bound)
-    white = masked_whiten(x, mask)
-    want = torch.zeros_like(x)
-    for i in range(len(lengths)):
-        for j in range(lengths[i]):
-            want[i, j] = (x[i, j].item() - mean) / math.sqrt(var + 1e-8)
-    assert_within(white * mask, want, bound, "whitened")
-    unshifted = masked_whiten(x, mask, shift_mean=False)
-    assert masked_mean(unshifted, mask).item() == pytest.approx(mean, rel=bound)
-    ent = entropy_bonus(x, mask, "seq-mean-token-mean")
-    assert ent.item() == pytest.approx(ref_aggregate(x.tolist(), lengths, "seq-mean-token-mean"), rel=bound)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
 def test_aggregate_shares_of_micro_batches_sum_to_the_mini_batch_loss(seed):
     """Split into micro-batches with the mini-batch's counts, the shares add up to the whole
     batch's loss in every mode but TinyZero's, which averages per-micro-batch token means."""
@@ -319,18 +186,3 @@ def test_extreme_log_ratios_stay_finite_and_padding_cannot_poison_the_loss():
 def test_aggregate_rejects_unknown_mode():
     with pytest.raises(ValueError, match="algorithm.loss_agg_mode"):
         aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "sum")
-
-
-def test_kl_controllers():
-    fixed = FixedKLController(0.1)
-    fixed.update(5.0, 10)
-    assert fixed.value == 0.1
-    ctl = AdaptiveKLController(0.1, target_kl=1.0, horizon=100)
-    ctl.update(current_kl=2.0, n_steps=10)  # error clipped to +0.2
-    bound = rounding_bound(torch.float64, ops=10)  # Python floats: 5 operations per update, 2 updates
-    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 10 / 100), rel=bound)
-    ctl.update(current_kl=0.9, n_steps=10)
-    assert ctl.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 10 / 100), rel=bound)
-    restored = AdaptiveKLController(0.5, 1.0, 100)
-    restored.load_state_dict(ctl.state_dict())
-    assert restored.value == ctl.value

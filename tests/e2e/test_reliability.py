@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import QUICK, ROOT
-from test_training import fit, read_metrics
+from run_helpers import fit, read_metrics, step_rows
 
 from tinyzero.ppo.losses import policy_loss
 from tinyzero.tasks import CountdownTask
@@ -31,19 +31,6 @@ from tinyzero.train.checkpointing import (
     verify_checkpoint,
 )
 from tinyzero.train.run_log import METRICS_FILE, RunLog, read_rows
-
-VOLATILE = ("time/", "perf/", "memory/")
-
-
-def step_rows(run_dir) -> dict[int, dict[str, float]]:
-    """Metrics of each step, without timings: {step: {metric: value}}; step k is the state after k
-    updates (row 0 holds the evaluation before training, if any)."""
-    rows = {}
-    for row in read_metrics(run_dir):
-        rows[int(row["step"])] = {
-            k: float(v) for k, v in row.items() if v and k != "step" and not k.startswith(VOLATILE)
-        }
-    return rows
 
 
 def assert_same_metrics(got: dict[int, dict[str, float]], want: dict[int, dict[str, float]], steps) -> None:

@@ -13,8 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import QUICK, ROOT
 from fidelity_helpers import whiten_on_rank
-from test_reliability import step_rows
-from test_training import fit
+from run_helpers import fit, step_rows
 from tolerances import assert_within, ppo_step_bound, rounding_bound
 
 import tinyzero.ppo.module as module_lib

@@ -1,7 +1,6 @@
 """End-to-end PPO / GRPO steps on the tiny model, through the real config and builder."""
 
 import copy
-import csv
 import json
 import math
 import os
@@ -12,11 +11,12 @@ import sys
 import pytest
 import torch
 from conftest import QUICK, ROOT
+from run_helpers import fit, read_metrics
 from tolerances import ppo_step_bound
 
 from tinyzero.data.datamodule import StepBatchSampler
 from tinyzero.models import load_critic, load_policy
-from tinyzero.train.build import build, resume_from
+from tinyzero.train.build import build
 from tinyzero.train.callbacks import RLCheckpoint
 from tinyzero.train.checkpointing import run_config
 from tinyzero.train.rollout_callback import RolloutCallback
@@ -41,22 +41,10 @@ STEP_METRICS = {
 }
 
 
-def read_metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
-
-
 def changed(before: torch.nn.Module, after: torch.nn.Module) -> bool:
     return any(
         not torch.equal(a.detach().cpu(), b.detach().cpu()) for a, b in zip(before.parameters(), after.parameters())
     )
-
-
-def fit(cfg):
-    torch.manual_seed(cfg.seed)
-    trainer, module, datamodule = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
-    return trainer, module
 
 
 def test_one_ppo_step_updates_policy_and_critic_and_logs_metrics(make_cfg):
