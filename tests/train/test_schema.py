@@ -149,6 +149,7 @@ def test_the_schemas_choices_are_the_registries_the_code_looks_up():
     assert list(ENGINE_KINDS) == ["auto", "vllm", "compiled", "hf"]
 
 
+@pytest.mark.slow  # over 20 s on 2 cores (two eval.py subprocesses): in `make test`, not in the quick run
 def test_eval_refuses_a_missing_checkpoint_and_zero_samples_in_one_line(tmp_path):
     for extra, message in [
         ([], "error: checkpoint is required: a Hugging Face model folder or a training checkpoint step_K.ckpt"),
