@@ -123,6 +123,11 @@ class PPOModule(L.LightningModule):
             **self.head_kernels,
         )
 
+    def logprobs_only(self, model: torch.nn.Module):
+        """`(input_ids, attention_mask, longest)` → `model`'s log-probs of the response tokens, no entropy."""
+        logprobs = self.logprobs_of(model, with_entropy=False)
+        return lambda *micro: logprobs(*micro)[0]
+
     # ---- one RL step, in the order it runs ------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         if "rollouts" not in batch:
@@ -164,9 +169,9 @@ class PPOModule(L.LightningModule):
         old_logprobs = None
         if not self.on_policy(batch):
             self.policy.eval()
-            old_logprobs = self.per_token(lambda *micro: self.logprobs_of(self.policy, False)(*micro)[0], batch)
+            old_logprobs = self.per_token(self.logprobs_only(self.policy), batch)
             self.policy.train()
-        ref_logprobs = self.per_token(lambda *micro: self.logprobs_of(self.reference, False)(*micro)[0], batch)
+        ref_logprobs = self.per_token(self.logprobs_only(self.reference), batch)
         token_rewards = sparse_token_rewards(scores, mask)
         if self.kl_in_reward:
             kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_penalty) * mask
