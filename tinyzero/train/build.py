@@ -127,7 +127,8 @@ def build(cfg: DictConfig, overrides: list[str] | None = None):
             ensure_tiny_base(cfg.model.path, task, cfg.data.template, **settings)
     memory_plan_gib = None
     if where == "cuda":
-        from tinyzero.train.memory import GIB, check_at_startup
+        from tinyzero.train.memory import check_at_startup
+        from tinyzero.train.memory_estimate import GIB
 
         plan = check_at_startup(cfg, engine)
         memory_plan_gib = {"train": plan.train_total / GIB, "generate": plan.generate_total / GIB}
