@@ -8,7 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tinyzero.analysis.plotting import plot_run
+from tinyzero.analysis.plotting import plot_behaviour, plot_run
+from tinyzero.analysis.samples import write_samples
 from tinyzero.errors import report_config_error
 from tinyzero.train.build import build, resume_from
 from tinyzero.train.callbacks import RLCheckpoint, StopOnSignal
@@ -38,12 +39,14 @@ def train(cfg: DictConfig) -> str:
     for callback in checkpoints:
         callback.run_config = run_config(cfg)  # kept in each checkpoint: `ckpt_path=last` compares it
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg))
-    curves = Path(cfg.paths.output_dir) / "curves.png"
+    run_dir = Path(cfg.paths.output_dir)
     finished_before = any(module.rl_step == callback.resumed_at for callback in checkpoints)
-    if finished_before and curves.exists():  # nothing trained: files untouched
+    if finished_before and (run_dir / "curves.png").exists():  # nothing trained: files untouched
         print(f"the run was already finished at step {module.rl_step}: nothing to train, nothing written")
     elif trainer.is_global_zero and trainer.loggers:  # also a run killed after its last checkpoint, before its plot
-        print(f"run directory: {cfg.paths.output_dir}\nlearning curves: {plot_run(cfg.paths.output_dir, curves)}")
+        print(f"run directory: {run_dir}\nlearning curves: {plot_run(run_dir)}")
+        if cfg.callbacks.rollout.eval_every_n_steps:
+            print(f"held-out behaviours: {plot_behaviour(run_dir)}\nheld-out samples: {write_samples(run_dir)}")
     return f"stopped ({StopOnSignal.caught})" if StopOnSignal.caught else "finished"
 
 

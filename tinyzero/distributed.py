@@ -85,3 +85,14 @@ def share_prompts(prompts: list, seed: int, group) -> tuple[list, int, int]:
     me = dist.get_rank(group)
     start = sum(len(share) for share, _ in shares[:me])
     return [prompt for share, _ in shares for prompt in share], shares[0][1], start
+
+
+def gather_rows(rows: list) -> list:
+    """Every rank's `rows`, concatenated in rank order (this rank's alone outside a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(rows)
+    shares = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, list(rows))
+    return [row for share in shares for row in share]

@@ -204,3 +204,22 @@ def test_scripts_answer_bad_arguments_with_usage_and_status_2(tmp_path, command,
     assert result.stderr.startswith("usage: ") and expected in result.stderr
     assert "Traceback" not in result.stderr and not result.stdout
     assert len(result.stderr.strip().splitlines()) == 2  # the usage line, then the message
+
+
+def test_behaviour_figure_has_a_panel_per_held_out_behaviour(tmp_path):
+    from tinyzero.analysis.plotting import behaviour_figure, plot_behaviour
+
+    rows = [
+        {"step": step, **heldout(step, 30), "val/response_length": 20 + step, "val/behaviour/attempts": 1 + step / 10}
+        for step in range(0, 31, 10)
+    ]
+    rows.append({"step": 5, "score/mean": 0.3, "behaviour/attempts": 2.0})  # a training row: not drawn
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({key for row in rows for key in row}))
+        writer.writeheader()
+        writer.writerows(rows)
+    fig = behaviour_figure(tmp_path)
+    shown = panels(fig)
+    assert list(shown) == ["held-out greedy accuracy", "response length", "attempts"]
+    assert list(shown["attempts"].lines[0].get_xdata()) == [0, 10, 20, 30]
+    assert plot_behaviour(tmp_path).name == "behaviour.png" and (tmp_path / "behaviour.png").stat().st_size > 0

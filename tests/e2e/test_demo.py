@@ -36,4 +36,4 @@ def test_countdown_tiny_learns(tmp_path):
     print(f"held-out accuracy {first} -> {last} in {elapsed:.0f} s")
     assert first[0] == 0 and last[0] == max(step for step, _ in accuracy) > 0
     assert last[1] - first[1] >= 0.25, accuracy
-    assert (tmp_path / "run" / "curves.png").exists()
+    assert all((tmp_path / "run" / name).exists() for name in ("curves.png", "behaviour.png", "samples.html"))

@@ -407,9 +407,16 @@ def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
     )
     assert result["accuracy"] == pytest.approx(logged["val/accuracy"])
     assert result["mean_score"] == pytest.approx(logged["val/score"])
+    assert result["response_length"] == pytest.approx(logged["val/response_length"])
+    behaviours = {key: value for key, value in result.items() if key.startswith("behaviour/")}
+    assert behaviours and behaviours == pytest.approx({key: logged[f"val/{key}"] for key in behaviours})
     assert 0.0 <= result["pass@2"] <= 1.0
     lines = (tmp_path / "eval.jsonl").read_text().splitlines()
     assert len(lines) == result["problems"] == cfg.data.test_size
+    # the run wrote the same greedy responses, in the test set's order, at each evaluation
+    written = [json.loads(line) for line in open(os.path.join(cfg.paths.output_dir, "heldout", "step_1.jsonl"))]
+    assert [row["response"] for row in written] == [json.loads(line)["response"] for line in lines]
+    assert sorted(os.listdir(os.path.join(cfg.paths.output_dir, "heldout"))) == ["step_0.jsonl", "step_1.jsonl"]
     # a training checkpoint gives the same numbers, through its export and, without one, its own weights
     ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "step_1.ckpt")
     for label in ("with its export", "without"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tinyzero.data.datamodule import PromptSet
-from tinyzero.data.sources import ensure_data, read_rows
+from tinyzero.data.sources import held_out_rows
 from tinyzero.errors import ConfigError, MissingFileError
 from tinyzero.models.loading import load_tokenizer
 from tinyzero.ppo.experience import score_rollouts
@@ -75,12 +75,12 @@ def evaluate_checkpoint(
     output: str | Path,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Greedy accuracy and pass@`samples` with the training reward; per-problem JSONL at `output`.
+    """Greedy accuracy and pass@`samples` with the training reward, and the greedy responses' mean
+    length (tokens) and the task's `behaviour/*`; per-problem JSONL at `output`.
     `checkpoint`: a Hugging Face model folder or a training checkpoint `step_K.ckpt`."""
     checkpoint = model_dir(checkpoint, Path(output).parent)
     tokenizer = load_tokenizer(checkpoint)
-    paths = ensure_data(task, data_cfg.dir, data_cfg.source, data_cfg.train_size, data_cfg.test_size, data_cfg.seed)
-    rows = read_rows(paths["test"], task.columns)
+    rows = held_out_rows(task, data_cfg)
     problems = PromptSet(
         task, tokenizer, rows, data_cfg.template, data_cfg.max_prompt_length, "test", data_cfg.overlong_prompts
     ).items
@@ -119,4 +119,6 @@ def evaluate_checkpoint(
         "mean_score": greedy_scores.mean().item(),
         f"pass@{samples}": solved.float().mean().item(),
         "problems": float(len(problems)),
+        "response_length": sum(map(len, greedy.response_ids)) / len(problems),
+        **task.behaviours(greedy_texts, truths),
     }

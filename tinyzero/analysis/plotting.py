@@ -182,12 +182,48 @@ def run_figure(run_dir: str | Path):
     return fig
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw `run_dir`'s curves to `out` (default `run_dir/curves.png`); returns the PNG's path."""
-    fig = run_figure(run_dir)
-    out = Path(out) if out else Path(run_dir) / "curves.png"
+def behaviour_figure(run_dir: str | Path):
+    """Held-out accuracy, response length and each behaviour the task logged, against the RL step,
+    one panel each: what the held-out evaluations say the responses do."""
+    curves = read_curves(run_dir)
+    if HELDOUT not in curves:
+        raise MetricsNotFound(f"{Path(run_dir) / 'metrics.csv'} holds no held-out evaluation")
+    keys = ["val/response_length"] + sorted(k for k in curves if k.startswith("val/behaviour/"))
+    keys = [key for key in keys if key in curves]
+    fig, axes = panel_grid(1 + len(keys), width=3.6, height=2.8)
+    draw_heldout(axes[0], curves, "C0", None, "95 % Wilson interval", band_alpha=0.2)
+    label_panel(axes[0], Panel((HELDOUT,), "held-out greedy accuracy", "accuracy"))
+    for i, (ax, key) in enumerate(zip(axes[1:], keys), start=1):
+        steps, values = zip(*curves[key])
+        ax.plot(steps, values, marker="o", markersize=3, linewidth=1.4, color=f"C{i % 10}")
+        name = key.removeprefix("val/").removeprefix("behaviour/")
+        label_panel(ax, Panel((key,), name.replace("_", " "), BEHAVIOUR_UNITS.get(name, "share of responses")))
+    fig.suptitle(f"held-out behaviours: {short_path(run_dir)}", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+BEHAVIOUR_UNITS = {
+    "response_length": "tokens (mean)",
+    "attempts": "equations per response",
+    "arithmetic_accuracy": "share of written values",
+    "check_honesty": "share of 'hit' marks",
+}
+
+
+def save_figure(fig, out: Path) -> Path:
     partial = out.with_name(out.name + ".tmp")  # a run killed while drawing leaves no half-written PNG
     fig.savefig(partial, dpi=110, format="png")
     pyplot().close(fig)
     partial.replace(out)
     return out
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw `run_dir`'s curves to `out` (default `run_dir/curves.png`); returns the PNG's path."""
+    return save_figure(run_figure(run_dir), Path(out) if out else Path(run_dir) / "curves.png")
+
+
+def plot_behaviour(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw `run_dir`'s held-out behaviours to `out` (default `run_dir/behaviour.png`); returns its path."""
+    return save_figure(behaviour_figure(run_dir), Path(out) if out else Path(run_dir) / "behaviour.png")

@@ -136,3 +136,9 @@ def ensure_data(
             write_rows(rows, paths[split])
         spec_path.write_text(spec)
     return paths
+
+
+def held_out_rows(task, data_cfg) -> list[dict]:
+    """The held-out problems of `data_cfg` (the `data.*` settings), written first if missing."""
+    paths = ensure_data(task, data_cfg.dir, data_cfg.source, data_cfg.train_size, data_cfg.test_size, data_cfg.seed)
+    return read_rows(paths["test"], task.columns)

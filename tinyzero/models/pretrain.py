@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tinyzero.data.sources import problem_key
 from tinyzero.errors import ConfigError
 from tinyzero.models.loading import load_tokenizer
 from tinyzero.models.tiny import build_tiny_model, build_tokenizer
@@ -27,15 +28,24 @@ from tinyzero.tasks import TEMPLATES, render_prompt
 log = logging.getLogger(__name__)
 
 
-def pretraining_texts(task, template: str, num_texts: int, seed: int, facts_share: float = 0.1) -> list[str]:
+def pretraining_texts(
+    task, template: str, num_texts: int, seed: int, facts_share: float = 0.1, held_out: list[dict] = ()
+) -> list[str]:
     """Prompts followed by well-formed answers that ignore the target: the format, never a
     solution; plus, repeated to `facts_share` of the corpus, the task's `known_facts` (e.g. the
-    multiplication task's times table), which are not problems the task asks."""
+    multiplication task's times table), which are not problems the task asks. No problem of
+    `held_out` (the test rows) is among the prompts."""
     if not 0 <= facts_share < 1:
         raise ConfigError(f"model.pretrain.facts_share={facts_share} must be in [0, 1)")
     rng = random.Random(seed)
     facts = task.known_facts()
-    rows = task.generate(num_texts - (round(facts_share * num_texts) if facts else 0), seed=seed + 7919)
+    wanted = num_texts - (round(facts_share * num_texts) if facts else 0)
+    excluded = {problem_key(row) for row in held_out}
+    rows, round_ = [], 0
+    while len(rows) < wanted:
+        rows += [r for r in task.generate(wanted, seed=seed + 7919 * (round_ + 1)) if problem_key(r) not in excluded]
+        round_ += 1
+    rows = rows[:wanted]
     texts = [f"{render_prompt(task.question(r), template)} {task.random_response(r, rng)}" for r in rows]
     for i in range(num_texts - len(texts)):
         row, response = facts[i % len(facts)]
@@ -96,11 +106,13 @@ def ensure_tiny_base(
     vocab_size: int,
     model: dict,
     facts_share: float,
+    held_out: list[dict] = (),
 ) -> Path:
     """Build, pre-train and save the tiny base model at `path` unless it is already there,
-    made by the same task, template and settings (recorded in `pretrain_spec.json`)."""
+    made by the same task, template and settings (recorded in `pretrain_spec.json`); its text
+    holds no problem of `held_out`."""
     path = Path(path)
-    texts = pretraining_texts(task, template, num_texts, seed, facts_share)
+    texts = pretraining_texts(task, template, num_texts, seed, facts_share, held_out)
     # The corpus itself is part of the spec: a change to how texts are made rebuilds the model.
     corpus_hash = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     spec = json.dumps(

@@ -34,7 +34,6 @@ from tinyzero.ppo.masked import masked_mean
 from tinyzero.ppo.microbatch import chunks, micro_batches, trimmed
 from tinyzero.ppo.update import NonfiniteStreaks, actor_loss, adamw_with_warmup, critic_loss, optimizer_step
 from tinyzero.rng import global_rng_state, set_global_rng_state
-from tinyzero.tasks.behaviour import behaviour_rates
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ class PPOModule(L.LightningModule):
         sequences = pack(batch["prompt_ids"], rollouts, batch["index"], self.tokenizer.pad_token_id)
         scores, texts = score_rollouts(self.task, self.tokenizer, rollouts, batch["ground_truth"])
         experience, metrics = self.make_experience(sequences, scores)
-        metrics.update(behaviour_rates(texts))
+        metrics.update(self.task.behaviours(texts, [batch["ground_truth"][slot] for slot in rollouts.prompt_index]))
         timings["time/experience"] = time.perf_counter() - start
         start = time.perf_counter()
         metrics.update(self.update(sequences, experience))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from fractions import Fraction
 
 from tinyzero.errors import ConfigError
 from tinyzero.tasks.arith import UnsafeExpression, evaluate, last_answer, literals, parse_expression
+from tinyzero.tasks.behaviour import behaviour_metrics, check_behaviour_sets
 
 QUESTION = (
     "Using the numbers {numbers}, create an equation that equals {target}. "
@@ -17,6 +19,9 @@ QUESTION = (
 SHORT_QUESTION = "Using the numbers {numbers}, create an equation that equals {target}."
 # where the answer is read: the last complete <answer> anywhere, or only on the last line (TinyZero)
 ANSWER_SCOPES = ("anywhere", "last_line")
+# the tiny base's pre-training responses (see `CountdownTask.random_response`)
+PRETRAIN_FORMATS = ("answer", "search", "single")
+HIT, MISS = "hit", "miss"  # the search format's words for an attempt checked against the target
 
 
 def compute_score(
@@ -74,6 +79,40 @@ def random_solution(
     return text, value
 
 
+def flat_equation(numbers: list[int], operations: str, rng: random.Random) -> tuple[str, Fraction]:
+    """A random order of `numbers` joined by random `operations`, written without spaces or
+    parentheses (`7+3-5+2`), and its exact value under the usual precedence."""
+    order = rng.sample(numbers, len(numbers))
+    text = str(order[0]) + "".join(f"{rng.choice(operations)}{n}" for n in order[1:])
+    return text, evaluate(parse_expression(text))
+
+
+def distinct_attempts(numbers: list[int], operations: str, count: int, rng: random.Random) -> list[tuple[str, int]]:
+    """Up to `count` flat equations of `numbers` of different values, with their values, drawn at
+    random whatever the target: a search that never tries a value twice (fewer attempts when the
+    numbers make fewer values)."""
+    attempts: dict[int, str] = {}
+    for _ in range(20 * count):
+        text, value = flat_equation(numbers, operations, rng)
+        attempts.setdefault(int(value), text)
+        if len(attempts) == count:
+            break
+    return [(text, value) for value, text in attempts.items()]
+
+
+def hit_probability(numbers: list[int], target: int, operations: str) -> float:
+    """The chance that one flat equation of `numbers` drawn by `flat_equation` equals `target`,
+    exactly: every order and choice of operations counted with its probability."""
+    orders = list(itertools.permutations(numbers))
+    choices = list(itertools.product(operations, repeat=len(numbers) - 1))
+    hits = 0
+    for order in orders:
+        for ops in choices:
+            text = str(order[0]) + "".join(f"{op}{n}" for op, n in zip(ops, order[1:]))
+            hits += evaluate(parse_expression(text)) == target
+    return hits / (len(orders) * len(choices))
+
+
 class CountdownTask:
     """Problem generator, prompt text and reward for countdown.
 
@@ -95,6 +134,10 @@ class CountdownTask:
         question: str = "full",
         format_score: float = 0.1,
         answer_scope: str = "anywhere",
+        pretrain_format: str = "answer",
+        continue_prob: float = 0.3,
+        max_attempts: int = 6,
+        behaviours: tuple[str, ...] = ("phrases", "equations"),
     ):
         if not 2 <= min_count <= max_count:
             raise ConfigError(f"task.min_count/max_count must satisfy 2 <= min <= max, got {min_count}, {max_count}")
@@ -104,6 +147,19 @@ class CountdownTask:
             raise ConfigError(f"task.question must be one of ['full', 'short'], got {question!r}")
         if answer_scope not in ANSWER_SCOPES:
             raise ConfigError(f"task.answer_scope must be one of {list(ANSWER_SCOPES)}, got {answer_scope!r}")
+        if pretrain_format not in PRETRAIN_FORMATS:
+            raise ConfigError(f"task.pretrain_format must be one of {list(PRETRAIN_FORMATS)}, got {pretrain_format!r}")
+        if pretrain_format != "answer" and "/" in operations:
+            raise ConfigError(
+                f"task.pretrain_format={pretrain_format} writes each attempt's value as an integer: "
+                f"task.operations must leave out '/', got {operations!r}"
+            )
+        if not 0 <= continue_prob < 1:
+            raise ConfigError(f"task.continue_prob must be in [0, 1), got {continue_prob}")
+        if max_attempts < 1:
+            raise ConfigError(f"task.max_attempts must be >= 1, got {max_attempts}")
+        self.pretrain_format, self.continue_prob, self.max_attempts = pretrain_format, continue_prob, max_attempts
+        self.behaviour_sets = check_behaviour_sets(behaviours)
         self.answer_scope = answer_scope
         self.min_count, self.max_count = min_count, max_count
         self.min_number, self.max_number, self.max_target = min_number, max_number, max_target
@@ -133,11 +189,36 @@ class CountdownTask:
     def score(self, response: str, ground_truth: dict) -> float:
         return compute_score(response, ground_truth, format_score=self.format_score, answer_scope=self.answer_scope)
 
+    def behaviours(self, texts: list[str], ground_truths: list[dict]) -> dict[str, float]:
+        """`behaviour/*` metrics of the responses `texts` (one ground truth each)."""
+        return behaviour_metrics(self.behaviour_sets, texts, ground_truths)
+
     def known_facts(self) -> list[tuple[dict, str]]:
         """Nothing is taught as knowledge: the base model sees the format only."""
         return []
 
     def random_response(self, row: dict, rng: random.Random) -> str:
-        """A well-formed answer that ignores the target: pre-training text, never a solution."""
-        equation = random_solution([int(n) for n in row["nums"]], self.operations, rng, non_negative=True)[0]
-        return f"<answer> {equation} </answer>"
+        """A well-formed response whose answer ignores the target: pre-training text that never
+        picks an equation because it is right.
+
+        `answer`: one random equation, `<answer> (7 + 3) - 5 </answer>`. `search`: a `<think>` of a
+        random number of attempts of different values (one, then another with probability `continue_prob`,
+        at most `max_attempts`), each with its value honestly computed and honestly checked against
+        the target, then a random one of them as the answer, hit or not:
+        `<think> 7+3-5+2=7 miss, 2+7-3+5=11 hit </think> <answer> 7+3-5+2 </answer>`.
+        `single` (the search format's control): one attempt and its value, no check:
+        `<think> 7+3-5+2=7 </think> <answer> 7+3-5+2 </answer>`.
+        """
+        numbers = [int(n) for n in row["nums"]]
+        if self.pretrain_format == "answer":
+            return f"<answer> {random_solution(numbers, self.operations, rng, non_negative=True)[0]} </answer>"
+        count = 1
+        while self.pretrain_format == "search" and count < self.max_attempts and rng.random() < self.continue_prob:
+            count += 1
+        attempts = distinct_attempts(numbers, self.operations, count, rng)
+        if self.pretrain_format == "single":
+            lines = [f"{text}={value}" for text, value in attempts]
+        else:
+            lines = [f"{text}={value} {HIT if value == int(row['target']) else MISS}" for text, value in attempts]
+        answer = rng.choice(attempts)[0]
+        return f"<think> {', '.join(lines)} </think> <answer> {answer} </answer>"

@@ -7,6 +7,7 @@ import re
 
 from tinyzero.errors import ConfigError
 from tinyzero.tasks.arith import last_answer
+from tinyzero.tasks.behaviour import behaviour_metrics, check_behaviour_sets
 
 QUESTION = (
     "What is {a} * {b}? Show your work in <think> </think> tags. "
@@ -44,6 +45,7 @@ class MultiplicationTask:
         format_score: float = 0.1,
         pretrain_format: str = "answer",
         times_table: bool = False,
+        behaviours: tuple[str, ...] = ("phrases",),
     ):
         if digits_a < 1 or digits_b < 1:
             raise ConfigError(f"task.digits_a and task.digits_b must be >= 1, got {digits_a}, {digits_b}")
@@ -57,6 +59,7 @@ class MultiplicationTask:
             # with one-digit factors the times table would be the task's own answers
             raise ConfigError("task.times_table needs task.pretrain_format=worked and task.digits_a > 1")
         self.digits_a, self.digits_b = digits_a, digits_b
+        self.behaviour_sets = check_behaviour_sets(behaviours)
         self.pretrain_format = pretrain_format
         self.times_table = times_table
         self.question_format = QUESTION if question == "full" else SHORT_QUESTION
@@ -79,6 +82,10 @@ class MultiplicationTask:
 
     def score(self, response: str, ground_truth: dict) -> float:
         return compute_score(response, ground_truth, format_score=self.format_score)
+
+    def behaviours(self, texts: list[str], ground_truths: list[dict]) -> dict[str, float]:
+        """`behaviour/*` metrics of the responses `texts` (one ground truth each)."""
+        return behaviour_metrics(self.behaviour_sets, texts, ground_truths)
 
     def known_facts(self) -> list[tuple[dict, str]]:
         """What the base model is taught as knowledge, with true answers: with `times_table`, the

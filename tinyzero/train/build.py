@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from tinyzero.data.datamodule import PromptDataModule
+from tinyzero.data.sources import held_out_rows
 from tinyzero.errors import ConfigError
 from tinyzero.models.attention import resolve_attention
 from tinyzero.models.loading import load_tokenizer
@@ -123,8 +124,10 @@ def build(cfg: DictConfig, overrides: list[str] | None = None):
 
         # a private RNG stream: a run behaves the same whether the base model was cached or built now
         with torch.random.fork_rng():
-            settings = {k: v for k, v in OmegaConf.to_container(cfg.model.pretrain).items() if k != "task"}
-            ensure_tiny_base(cfg.model.path, task, cfg.data.template, **settings)
+            settings = OmegaConf.to_container(cfg.model.pretrain)
+            del settings["task"]
+            held_out = held_out_rows(task, cfg.data) if settings.pop("hold_out_test") else []
+            ensure_tiny_base(cfg.model.path, task, cfg.data.template, held_out=held_out, **settings)
     memory_plan_gib = None
     if where == "cuda":
         from tinyzero.train.memory import check_at_startup

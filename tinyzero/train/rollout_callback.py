@@ -12,7 +12,8 @@ import lightning as L
 import torch
 
 from tinyzero.analysis.evaluate import wilson_interval
-from tinyzero.distributed import iter_full_weights
+from tinyzero.analysis.samples import HELDOUT_DIR
+from tinyzero.distributed import gather_rows, iter_full_weights
 from tinyzero.ppo.experience import score_rollouts
 from tinyzero.rollout.base import RolloutEngine, SamplingParams
 from tinyzero.train.console import format_samples, show
@@ -25,8 +26,8 @@ class RolloutCallback(L.Callback):
 
     The engine is built in `setup`, once the ranks exist and before the trainer's models take
     memory. Every `eval_every_n_steps` steps (and at the start and the end) it scores greedy
-    responses to the held-out prompts; with `dump_rollouts` each rank writes every step's
-    responses to `rollouts/step_K_rank_R.jsonl` under `dump_dir`.
+    responses to the held-out prompts and writes them to `heldout/step_K.jsonl` under `dump_dir`;
+    with `dump_rollouts` each rank writes every step's responses to `rollouts/step_K_rank_R.jsonl`.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class RolloutCallback(L.Callback):
         self.engine_factory, self.sampling = engine_factory, sampling
         self.memory_plan_gib = memory_plan_gib  # {"train": GiB, "generate": GiB} per GPU, on CUDA
         self.engine: RolloutEngine | None = None
+        self.dump_root = dump_dir  # the run folder: held-out responses go to heldout/, rollouts to rollouts/
         self.dump_dir = Path(dump_dir) / "rollouts" if dump_rollouts else None
         self.eval_every_n_steps = eval_every_n_steps
         self.eval_sampling = SamplingParams(
@@ -164,34 +166,62 @@ class RolloutCallback(L.Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer, module) -> dict:
-        """Greedy accuracy and mean score on this rank's share of the test set, reduced over ranks."""
+        """Greedy accuracy, mean score, response length and the task's behaviours on the held-out
+        set (each rank answers its share; the rows are gathered); rank 0 writes the responses to
+        `heldout/step_K.jsonl` under `dump_dir`."""
         self.push_weights(module)
-        datamodule = trainer.datamodule
-        items = datamodule.test_shard(trainer.global_rank, trainer.world_size)
+        items = trainer.datamodule.test_shard(trainer.global_rank, trainer.world_size)
         rollouts = self.generate([item["prompt_ids"] for item in items], self.eval_sampling)
-        scores, _ = score_rollouts(module.task, module.tokenizer, rollouts, [item["ground_truth"] for item in items])
-        totals = torch.tensor(
-            [float((scores >= 1.0).sum()), float(scores.sum()), float(len(scores))], device=module.device
+        scores, texts = score_rollouts(
+            module.task, module.tokenizer, rollouts, [item["ground_truth"] for item in items]
         )
-        totals = trainer.strategy.reduce(totals, reduce_op="sum")
-        low, high = wilson_interval(totals[0].item(), totals[2].item())
-        result = {
-            "step": module.rl_step,
-            "val/accuracy": (totals[0] / totals[2]).item(),
-            "val/accuracy_ci95_low": low,
-            "val/accuracy_ci95_high": high,
-            "val/score": (totals[1] / totals[2]).item(),
-        }
+        local = [
+            {
+                "index": item["index"],
+                "prompt": module.tokenizer.decode(item["prompt_ids"], skip_special_tokens=True),
+                "ground_truth": item["ground_truth"],
+                "response": text,
+                "score": score,
+                "tokens": len(ids),
+            }
+            for item, text, score, ids in zip(items, texts, scores.tolist(), rollouts.response_ids, strict=True)
+        ]
+        rows = sorted(gather_rows(local), key=lambda row: row["index"])
+        result = {"step": module.rl_step, **heldout_metrics(module.task, rows)}
         self.eval_history.append(result)
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in result.items() if k != "step"}, step=module.rl_step)
         if trainer.is_global_zero:
+            self.write_heldout(module.rl_step, rows)
             show(
                 trainer,
                 f"[step {module.rl_step}] held-out greedy accuracy {result['val/accuracy']:.3f} "
-                f"(95% CI {low:.3f}-{high:.3f}, mean score {result['val/score']:.3f}, {int(totals[2])} problems)",
+                f"(95% CI {result['val/accuracy_ci95_low']:.3f}-{result['val/accuracy_ci95_high']:.3f}, "
+                f"mean score {result['val/score']:.3f}, {len(rows)} problems)",
             )
         return result
+
+    def write_heldout(self, step: int, rows: list[dict]) -> None:
+        folder = Path(self.dump_root) / HELDOUT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"step_{step}.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def heldout_metrics(task, rows: list[dict]) -> dict[str, float]:
+    """`val/*` of the held-out rows (`score`, `tokens`, `response`, `ground_truth` each): accuracy
+    with its 95 % interval, mean score, mean response length in tokens, the task's behaviours."""
+    solved = sum(row["score"] >= 1.0 for row in rows)
+    low, high = wilson_interval(solved, len(rows))
+    behaviours = task.behaviours([row["response"] for row in rows], [row["ground_truth"] for row in rows])
+    return {
+        "val/accuracy": solved / len(rows),
+        "val/accuracy_ci95_low": low,
+        "val/accuracy_ci95_high": high,
+        "val/score": sum(row["score"] for row in rows) / len(rows),
+        "val/response_length": sum(row["tokens"] for row in rows) / len(rows),
+        **{f"val/{key}": value for key, value in behaviours.items()},
+    }
 
 
 def gpu_used_gib() -> float:
