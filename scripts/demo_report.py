@@ -11,10 +11,6 @@ step 0 and at the end with its 95 % interval, the gain, the best, and wall time 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,29 +20,22 @@ sys.path.insert(0, str(ROOT))
 
 from tinyzero.analysis.evaluate import wilson_interval  # noqa: E402
 from tinyzero.analysis.plotting import read_curves  # noqa: E402
+from tinyzero.analysis.reports import machine, run_training  # noqa: E402
 
 PHASES = ("time/generate", "time/experience", "time/update", "time/push_weights")
 
 
 def run_seed(seed: int, overrides: list[str], out: Path) -> dict:
-    run_dir = out / f"seed_{seed}"
-    command = [sys.executable, "scripts/train.py", "experiment=countdown_tiny", f"seed={seed}", *overrides]
-    command += [f"hydra.run.dir={run_dir}", "callbacks.progress_bar.refresh_rate=0"]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    (out / f"seed_{seed}.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise RuntimeError(f"seed {seed} failed; see {out / f'seed_{seed}.log'}")
-    curves = read_curves(run_dir)
-    pretrain = re.search(r"tiny base model saved to .* \((\d+) s", result.stdout + result.stderr)
-    problems = int(re.findall(r"(\d+) problems\)", result.stdout)[-1])
+    run = run_training(
+        ["experiment=countdown_tiny", f"seed={seed}", *overrides], out / f"seed_{seed}", out / f"seed_{seed}.log"
+    )
+    curves = read_curves(run.run_dir)
     return {
         "seed": seed,
         "curve": curves["val/accuracy"],
-        "problems": problems,
-        "wall": wall,
-        "pretrain": float(pretrain.group(1)) if pretrain else 0.0,
+        "problems": run.problems,
+        "wall": run.wall,
+        "pretrain": run.pretrain,
         **{phase: sum(value for _, value in curves.get(phase, [])) for phase in PHASES},
         "steps": len(curves["time/step"]),
     }
@@ -99,14 +88,10 @@ def main() -> int:
         print(f"seed {seed} ...", flush=True)
         results.append(run_seed(seed, args.overrides, runs))
         print(table(results[-1:]).splitlines()[-1], flush=True)
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     header = (
         f"`python scripts/demo_report.py {' '.join(args.overrides)}`".replace(" `", "`")
-        + f" on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores ({cpu or platform.processor()}), "
-        f"torch {torch.__version__}, no GPU. Pre-training is 0 s where the base model was cached already "
-        "(`.cache/`); phase times are the RL steps' sums; wall is the whole command per seed."
+        + f" on {time.strftime('%Y-%m-%d')}: {machine()}, no GPU. Pre-training is 0 s where the base model was "
+        "cached already (`.cache/`); phase times are the RL steps' sums; wall is the whole command per seed."
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo_report.md").write_text(header + "\n\n" + table(results) + "\n")

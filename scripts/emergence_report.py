@@ -13,10 +13,7 @@ and at the end, wall time), a figure of their held-out curves, and copies the fi
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from tinyzero.analysis.evaluate import wilson_interval  # noqa: E402
 from tinyzero.analysis.plotting import panel_grid, read_curves  # noqa: E402
+from tinyzero.analysis.reports import machine, run_training  # noqa: E402
 
 VARIANTS = {"search": "countdown_search_tiny", "control": "countdown_search_tiny_control"}
 SHOWN = {
@@ -39,26 +37,12 @@ SHOWN = {
 
 
 def run(variant: str, seed: int, overrides: list[str], out: Path) -> dict:
-    run_dir = out / f"{variant}_seed_{seed}"
-    command = [sys.executable, "scripts/train.py", f"experiment={VARIANTS[variant]}", f"seed={seed}", *overrides]
-    command += [f"paths.cache_dir={out}/cache", f"paths.data_dir={out}/data", f"hydra.run.dir={run_dir}"]
-    command += ["callbacks.progress_bar.refresh_rate=0"]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    (out / f"{variant}_seed_{seed}.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise RuntimeError(f"{variant} seed {seed} failed; see {out / f'{variant}_seed_{seed}.log'}")
-    pretrain = re.search(r"tiny base model saved to .* \((\d+) s", result.stdout + result.stderr)
-    return {
-        "variant": variant,
-        "seed": seed,
-        "run_dir": run_dir,
-        "curves": {key: read_curves(run_dir).get(key, []) for key in SHOWN},
-        "problems": int(re.findall(r"(\d+) problems\)", result.stdout)[-1]),
-        "wall": wall,
-        "pretrain": float(pretrain.group(1)) if pretrain else 0.0,
-    }
+    name = f"{variant}_seed_{seed}"
+    overrides = [f"experiment={VARIANTS[variant]}", f"seed={seed}", *overrides]
+    overrides += [f"paths.cache_dir={out}/cache", f"paths.data_dir={out}/data"]
+    run = run_training(overrides, out / name, out / f"{name}.log")
+    curves = read_curves(run.run_dir)
+    return {"variant": variant, "seed": seed, "run": run, "curves": {key: curves.get(key, []) for key in SHOWN}}
 
 
 def ends(curve: list[tuple[int, float]]) -> tuple[float, float]:
@@ -68,20 +52,22 @@ def ends(curve: list[tuple[int, float]]) -> tuple[float, float]:
 def table(results: list[dict]) -> str:
     lines = [
         "| run | accuracy: step 0 → end (95 % CI) | gain | length (tokens) | self-verified | attempts "
-        "| retry after a miss | check honesty | RL steps | wall (pre-training) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| retry after a miss | check honesty | RL steps | wall (pre-training) | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["curves"]
         first, last = ends(c["val/accuracy"])
-        low, high = wilson_interval(last * r["problems"], r["problems"])
+        low, high = wilson_interval(last * r["run"].problems, r["run"].problems)
         length = ends(c["val/response_length"])
+        rss = f"{r['run'].peak_rss_gib:.1f} GiB" if r["run"].peak_rss_gib else "–"
         cells = [f"{a:.2f} → {b:.2f}" for a, b in (ends(c[key]) for key in list(SHOWN)[2:])]
         lines.append(
             f"| {r['variant']} seed {r['seed']} | {first:.3f} → {last:.3f} ({low:.3f}–{high:.3f}) "
             f"| {last - first:+.3f} "
             f"| {length[0]:.1f} → {length[1]:.1f} (×{length[1] / length[0]:.2f}) | {' | '.join(cells)} "
-            f"| {c['val/accuracy'][-1][0]} | {r['wall']:.0f} s ({r['pretrain']:.0f} s) |"
+            f"| {c['val/accuracy'][-1][0]} | {r['run'].wall:.0f} s ({r['run'].pretrain:.0f} s) "
+            f"| {rss} |"
         )
     return "\n".join(lines)
 
@@ -114,9 +100,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--control-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument(
+        "--runs", type=Path, default=None, help="where the runs go (default outputs/emergence_report/<time>)"
+    )
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every run")
     args = parser.parse_args()
-    runs = ROOT / "outputs/emergence_report" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    runs = args.runs or ROOT / "outputs/emergence_report" / time.strftime("%Y-%m-%d_%H-%M-%S")
     runs.mkdir(parents=True, exist_ok=True)
     results = []
     for variant, seeds in (("search", args.seeds), ("control", args.control_seeds)):
@@ -124,12 +113,9 @@ def main() -> int:
             print(f"{variant} seed {seed} ...", flush=True)
             results.append(run(variant, seed, args.overrides, runs))
             print(table(results[-1:]).splitlines()[-1], flush=True)
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     header = (
         f"`python scripts/emergence_report.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
-        + f" on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, no GPU. "
+        + f" on {time.strftime('%Y-%m-%d')}: {machine()}, no GPU. "
         "Each variant's first run pre-trained its base from an empty cache (the time in brackets); the held-out "
         "set is the same 128 problems for every run; behaviours are of the greedy held-out responses."
     )
@@ -137,8 +123,8 @@ def main() -> int:
     (args.out / "emergence_report.md").write_text(header + "\n\n" + table(results) + "\n")
     plot(results, args.out / "emergence_report.png")
     first = next(r for r in results if r["variant"] == "search")
-    shutil.copy(first["run_dir"] / "behaviour.png", args.out / "emergence_behaviour.png")
-    shutil.copy(first["run_dir"] / "samples.html", args.out / "emergence_samples.html")
+    shutil.copy(first["run"].run_dir / "behaviour.png", args.out / "emergence_behaviour.png")
+    shutil.copy(first["run"].run_dir / "samples.html", args.out / "emergence_samples.html")
     print("\n" + header + "\n\n" + table(results))
     print(f"wrote {args.out}/emergence_report.md, .png, emergence_behaviour.png, emergence_samples.html")
     return 0

@@ -312,7 +312,8 @@ def test_recipe_prints_with_cfg_job():
 
 def test_fsdp2_two_process_run_splits_rollouts_across_ranks(tmp_path, cache_dir, make_cfg):
     """Two ranks (ModelParallelStrategy, gloo) train countdown_tiny; each step's prompts are split
-    between them with none lost or repeated, and every prompt gets its n responses."""
+    between them with none lost or repeated, and every prompt gets its n responses; the held-out
+    evaluation gathers both ranks' responses."""
     _, _, datamodule = build(make_cfg())  # the shared tiny model exists before the two ranks start
     datamodule.setup()
     overrides = [o for o in QUICK] + [
@@ -324,6 +325,7 @@ def test_fsdp2_two_process_run_splits_rollouts_across_ranks(tmp_path, cache_dir,
         f"hydra.run.dir={tmp_path}/run",
         "callbacks.checkpoint.save_hf=true",
         "callbacks.rollout.dump_rollouts=true",
+        "callbacks.rollout.eval_every_n_steps=2",
     ]
     result = run_train(*overrides, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -342,6 +344,9 @@ def test_fsdp2_two_process_run_splits_rollouts_across_ranks(tmp_path, cache_dir,
         assert sorted(set(per_rank[0]) | set(per_rank[1])) == sorted(want)
         for indices in per_rank:
             assert all(indices.count(i) == cfg.rollout.n for i in set(indices))
+    # each rank answered its share of the held-out set; rank 0 wrote all of it, once each, in order
+    heldout = [json.loads(line) for line in open(tmp_path / "run" / "heldout" / "step_2.jsonl")]
+    assert [row["index"] for row in heldout] == list(range(cfg.data.test_size))
 
 
 def test_kernel_paths_give_the_eager_losses(make_cfg, tmp_path):

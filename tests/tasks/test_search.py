@@ -6,10 +6,10 @@ import re
 from fractions import Fraction
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import ROOT
 from tinyzero.data.sources import problem_key
 from tinyzero.errors import ConfigError
 from tinyzero.models.pretrain import pretraining_texts
@@ -37,11 +37,13 @@ def test_one_random_equation_rarely_solves_a_problem():
     assert sum(chances) / len(chances) <= 0.15
 
 
-def test_search_text_checks_honestly_and_answers_at_random():
-    task = recipe_task()
+@pytest.mark.parametrize("answered", ["last", "random"])
+def test_search_text_checks_honestly_and_never_answers_for_a_hit(answered):
+    task = recipe_task(answered_attempt=answered)
     rng = random.Random(0)
     rows = task.generate(4000, seed=1)
     counts, hit_answered, hit_expected = [], 0, 0.0
+    went_on = {"hit": [], "miss": []}  # after each check: did another attempt follow?
     for row in rows:
         think, answer = SEARCH.fullmatch(task.random_response(row, rng)).groups()
         attempts = [ATTEMPT.fullmatch(part).groups() for part in think.split(", ")]
@@ -53,17 +55,24 @@ def test_search_text_checks_honestly_and_answers_at_random():
             assert check == ("hit" if int(value) == row["target"] else "miss")  # honestly compared
             values.add(value)
         assert len(values) == len(attempts) <= task.max_attempts  # never the same value twice
-        assert answer in [equation for equation, _, _ in attempts]
+        equations = [equation for equation, _, _ in attempts]
+        assert answer == equations[-1] if answered == "last" else answer in equations
         counts.append(len(attempts))
+        for i, (_, _, check) in enumerate(attempts[: task.max_attempts - 1]):
+            went_on[check].append(i + 1 < len(attempts))
         hits = [equation for equation, _, check in attempts if check == "hit"]
         if hits and len(attempts) > 1:
             hit_answered += answer in hits
             hit_expected += len(hits) / len(attempts)
     mean = sum(counts) / len(counts)
-    assert 1.3 < mean < 1.6  # few attempts: longer search is for RL to find (1 / (1 - 0.3) = 1.43)
-    # the answer is the hit no more often than a random pick of the attempts makes it (never chosen for
-    # being right): the count is binomial-like, within 4 standard deviations of its expectation
+    # a geometric number of attempts, cut at max_attempts: few, longer search is for RL to find
+    expected = sum(task.continue_prob**k for k in range(task.max_attempts))
+    assert expected < 2.5 and abs(mean - expected) < 0.05, (mean, expected)
+    # a search that hits goes on as often as one that misses, and the answer is the hit no more often
+    # than its position or a random pick makes it: within 4 standard deviations of that expectation
     assert abs(hit_answered - hit_expected) < 4 * hit_expected**0.5
+    rates = {check: sum(flags) / len(flags) for check, flags in went_on.items()}
+    assert len(went_on["hit"]) > 300 and abs(rates["hit"] - rates["miss"]) < 0.08, rates  # both continue_prob
 
 
 def test_the_control_writes_one_attempt_without_a_check():
@@ -84,6 +93,8 @@ def test_search_settings_name_their_keys():
         CountdownTask(pretrain_format="search", operations="+-*/")
     with pytest.raises(ConfigError, match="task.continue_prob"):
         CountdownTask(pretrain_format="search", operations="+-", continue_prob=1.0)
+    with pytest.raises(ConfigError, match=r"task.answered_attempt must be one of \['last', 'random'\], got 'hit'"):
+        CountdownTask(pretrain_format="search", operations="+-", answered_attempt="hit")
     with pytest.raises(ConfigError, match="task.max_attempts"):
         CountdownTask(pretrain_format="search", operations="+-", max_attempts=0)
 

@@ -21,6 +21,7 @@ SHORT_QUESTION = "Using the numbers {numbers}, create an equation that equals {t
 ANSWER_SCOPES = ("anywhere", "last_line")
 # the tiny base's pre-training responses (see `CountdownTask.random_response`)
 PRETRAIN_FORMATS = ("answer", "search", "single")
+ANSWERED_ATTEMPTS = ("last", "random")  # which attempt the search text answers: never chosen for being right
 HIT, MISS = "hit", "miss"  # the search format's words for an attempt checked against the target
 
 
@@ -137,6 +138,7 @@ class CountdownTask:
         pretrain_format: str = "answer",
         continue_prob: float = 0.3,
         max_attempts: int = 6,
+        answered_attempt: str = "last",
         behaviours: tuple[str, ...] = ("phrases", "equations"),
     ):
         if not 2 <= min_count <= max_count:
@@ -158,7 +160,12 @@ class CountdownTask:
             raise ConfigError(f"task.continue_prob must be in [0, 1), got {continue_prob}")
         if max_attempts < 1:
             raise ConfigError(f"task.max_attempts must be >= 1, got {max_attempts}")
+        if answered_attempt not in ANSWERED_ATTEMPTS:
+            raise ConfigError(
+                f"task.answered_attempt must be one of {list(ANSWERED_ATTEMPTS)}, got {answered_attempt!r}"
+            )
         self.pretrain_format, self.continue_prob, self.max_attempts = pretrain_format, continue_prob, max_attempts
+        self.answered_attempt = answered_attempt
         self.behaviour_sets = check_behaviour_sets(behaviours)
         self.answer_scope = answer_scope
         self.min_count, self.max_count = min_count, max_count
@@ -204,8 +211,9 @@ class CountdownTask:
         `answer`: one random equation, `<answer> (7 + 3) - 5 </answer>`. `search`: a `<think>` of a
         random number of attempts of different values (one, then another with probability `continue_prob`,
         at most `max_attempts`), each with its value honestly computed and honestly checked against
-        the target, then a random one of them as the answer, hit or not:
-        `<think> 7+3-5+2=7 miss, 2+7-3+5=11 hit </think> <answer> 7+3-5+2 </answer>`.
+        the target, then as the answer the last of them (`answered_attempt=last`) or a random one,
+        hit or not: `<think> 7+3-5+2=7 miss, 2+7-3+5=11 hit, 7+3+5-2=13 miss </think> <answer>
+        7+3+5-2 </answer>`. How many attempts there are and which is answered never depend on a hit.
         `single` (the search format's control): one attempt and its value, no check:
         `<think> 7+3-5+2=7 </think> <answer> 7+3-5+2 </answer>`.
         """
@@ -220,5 +228,5 @@ class CountdownTask:
             lines = [f"{text}={value}" for text, value in attempts]
         else:
             lines = [f"{text}={value} {HIT if value == int(row['target']) else MISS}" for text, value in attempts]
-        answer = rng.choice(attempts)[0]
+        answer = attempts[-1][0] if self.answered_attempt == "last" else rng.choice(attempts)[0]
         return f"<think> {', '.join(lines)} </think> <answer> {answer} </answer>"

@@ -60,6 +60,7 @@ TASK = section(  # checked further by the task's constructor; `build.check_task_
         "pretrain_format": (TEXT, "the tiny base's text: answer | worked (multiplication); answer | search | single"),
         "continue_prob": (FRACTION, "search text: the chance of another attempt after each one", COUNTDOWN),
         "max_attempts": (POSITIVE, "search text: most attempts in one response", COUNTDOWN),
+        "answered_attempt": (TEXT, "search text: the attempt answered, last | random (never the hit)", COUNTDOWN),
         "behaviours": (Free("a list of names: phrases, equations, checks"), "the behaviour/* metrics logged"),
         "times_table": (FLAG, "worked only: also pre-train on the 100 single-digit products", MULTIPLICATION),
     },
