@@ -197,7 +197,10 @@ def behaviour_figure(run_dir: str | Path):
         steps, values = zip(*curves[key])
         ax.plot(steps, values, marker="o", markersize=3, linewidth=1.4, color=f"C{i % 10}")
         name = key.removeprefix("val/").removeprefix("behaviour/")
-        label_panel(ax, Panel((key,), name.replace("_", " "), BEHAVIOUR_UNITS.get(name, "share of responses")))
+        unit = BEHAVIOUR_UNITS.get(name, "share of responses")
+        label_panel(ax, Panel((key,), name.replace("_", " "), unit))
+        if unit.startswith("share"):
+            ax.set_ylim(-0.02, 1.02)
     fig.suptitle(f"held-out behaviours: {short_path(run_dir)}", fontsize=11)
     fig.tight_layout()
     return fig
