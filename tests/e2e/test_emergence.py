@@ -63,7 +63,7 @@ def test_the_search_recipe_logs_draws_and_writes_its_behaviours(tmp_path):
 def test_the_control_has_its_own_base_and_the_same_task(tmp_path):
     def job(experiment):
         result = train(
-            f"experiment={experiment}", "--cfg", "job", "--resolve", f"paths.cache_dir={tmp_path}", cwd=tmp_path
+            f"experiment={experiment}", f"paths.cache_dir={tmp_path}", "--cfg", "job", "--resolve", cwd=tmp_path
         )
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
@@ -73,4 +73,4 @@ def test_the_control_has_its_own_base_and_the_same_task(tmp_path):
     path = [line for line in search.splitlines() if line.startswith("  path:")]
     assert path and path[0] not in control  # a base of its own: neither overwrites the other's cache
     differing = {line for line in control.splitlines()} ^ {line for line in search.splitlines()}
-    assert {line.strip().split(":")[0] for line in differing} == {"pretrain_format", "path"}
+    assert {line.strip().split(":")[0] for line in differing} == {"pretrain_format", "path", "critic_path"}
