@@ -1,19 +1,24 @@
-"""One GPU's acceptance in one command: kernels vs float64, benchmarks, PPO steps at the 1.5B shape
-(time and peak memory per phase against the plan), 30 steps of the tiny recipe, vLLM when it
-imports, and the compiled rollout engine (greedy equality, tokens/s against transformers). Each
-stage runs in its own process under its own time limit; a failed stage does not stop the rest; a
-summary table prints last. Everything lands in one folder.
+"""One GPU's acceptance in one command: the compiled rollout engine (greedy equality, tokens/s
+against transformers) first, as its code has never run on a GPU, then kernels vs float64,
+benchmarks, PPO steps at the 1.5B shape (time and peak memory per phase against the plan), 30 steps
+of the tiny recipe, and vLLM when it imports. Each stage runs in its own process under its own time
+limit; a failed or stuck stage does not stop the rest; a summary table prints last. Everything
+lands in one folder.
 
-    python scripts/gpu_check.py                  # on a machine with one GPU
-    python scripts/gpu_check.py --cpu            # every stage at toy sizes on CPU (what CI runs)
-    python scripts/gpu_check.py --stages a c     # some stages only
+    python scripts/gpu_check.py --budget 360 --out "$OUT/gc"   # on a lent GPU: the whole run in 6 minutes
+    python scripts/gpu_check.py --cpu --budget 120 --out DIR    # every stage at toy sizes on CPU (CI)
+    python scripts/gpu_check.py --stages a c                    # some stages only
 
-Exit status: 0 all run stages passed, 1 one failed, 2 no CUDA device (without --cpu).
+With `--budget S` each stage's limit is its share of what is left of S (shares in proportion to the
+stages' own limits), so a stage that finishes early leaves its time to the rest and one that hangs
+takes no more than its share. Exit status: 0 every stage that ran passed (a stage that could not
+run, vLLM absent, reads "not run"), 1 one failed or timed out, 2 no CUDA device (without --cpu).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -23,16 +28,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the stages: tests/gpu/, beside the float64 references
-# seconds per stage on one H100/H200; --cpu uses its own
-LIMITS = {"a": 45, "b": 90, "c": 330, "d": 90, "e": 240, "f": 240}
-CPU_LIMITS = {"a": 60, "b": 60, "c": 150, "d": 150, "e": 30, "f": 90}
+# seconds per stage on one H100/H200, in the order they run; --cpu uses its own
+LIMITS = {"f": 240, "a": 45, "b": 90, "c": 330, "d": 90, "e": 240}
+CPU_LIMITS = {"f": 90, "a": 60, "b": 60, "c": 150, "d": 150, "e": 30}
+SUMMARY_SECONDS = 5  # kept back from the budget for the table
+SUMMARY_CHARS = 11_000  # the table fits the 12 000 characters a lent GPU's output keeps
+VERDICTS = {True: "pass", False: "FAIL", None: "not run"}
 
 
-def run_stage(stage: str, out: Path, cpu: bool) -> None:
+def stage_limits(weights: dict[str, float], remaining: float) -> dict[str, float]:
+    """Each stage's share of `remaining` seconds, in proportion to `weights` (its own limit)."""
+    total = sum(weights.values())
+    return {stage: remaining * weight / total for stage, weight in weights.items()}
+
+
+def run_stage(stage: str, out: Path, cpu: bool, module: str) -> None:
     """In the child process: run one stage and write its rows and verdict to `stage_<x>.json`."""
     if cpu:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-    from gpu import STAGES
+    STAGES = importlib.import_module(module).STAGES
 
     name, fn = STAGES[stage]
     rows, ok = fn(out, small=cpu)
@@ -52,46 +66,41 @@ def headline(rows: list[dict]) -> str:
     return "<br>".join(json.dumps(row, separators=(", ", ": ")) for row in rows)
 
 
-def summarize(results: list[dict]) -> str:
-    lines = ["", "| stage | result | seconds | details |", "|---|---|---|---|"]
-    for r in results:
-        lines.append(
-            f"| {r['stage']} {r['name']} | {r['result']} | {r['seconds']:.0f} | {headline(r.get('rows', []))} |"
-        )
-    return "\n".join(lines)
+def summarize(results: list[dict], limit: int = SUMMARY_CHARS) -> str:
+    """The table of `results`, its detail cells cut so that it stays within `limit` characters."""
+    details = [headline(r.get("rows", [])) for r in results]
+    width = max(map(len, details), default=0)
+    while True:
+        lines = ["", "| stage | result | seconds | details |", "|---|---|---|---|"]
+        for r, cell in zip(results, details):
+            cell = cell if len(cell) <= width else cell[: max(0, width - 1)] + "…"
+            lines.append(f"| {r['stage']} {r['name']} | {r['result']} | {r['seconds']:.0f} | {cell} |")
+        table = "\n".join(lines)
+        if len(table) <= limit or width == 0:
+            return table
+        width = max(0, width - max(1, (len(table) - limit) // max(1, len(results))))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu", action="store_true", help="toy sizes on CPU, kernels under the Triton interpreter")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/gpu_check/<time>)")
-    parser.add_argument("--stages", nargs="+", default=list(LIMITS), choices=list(LIMITS))
-    parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
-    args = parser.parse_args()
-    out = args.out or ROOT / "outputs/gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    if args.stage:
-        run_stage(args.stage, out, args.cpu)
-        return 0
-    if not args.cpu:
-        import torch
-
-        if not torch.cuda.is_available():  # before the folder is made: a check that cannot run leaves none
-            print("gpu_check: no CUDA device visible; run on a GPU machine, or pass --cpu for toy sizes on CPU")
-            return 2
-        print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__}) -> {out}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    from gpu import STAGES
-
-    limits = CPU_LIMITS if args.cpu else LIMITS
+def run_stages(stages: list[str], weights: dict, budget: float | None, out: Path, cpu: bool, module: str) -> list:
+    """Each stage in its own process, in order, under its share of what is left of `budget` (its own
+    weight in seconds without one); the summary rewritten after each, so a run cut short keeps it."""
+    STAGES = importlib.import_module(module).STAGES
+    start_all = time.perf_counter()
     results = []
-    for stage in args.stages:
+    for i, stage in enumerate(stages):
         name = STAGES[stage][0]
-        print(f"[{stage}] {name} (limit {limits[stage]} s)", flush=True)
-        command = [sys.executable, __file__, "--stage", stage, "--out", str(out)] + (["--cpu"] if args.cpu else [])
+        if budget is None:
+            limit = weights[stage]
+        else:
+            left = budget - SUMMARY_SECONDS - (time.perf_counter() - start_all)
+            limit = max(1.0, stage_limits({s: weights[s] for s in stages[i:]}, left)[stage])
+        print(f"[{stage}] {name} (limit {limit:.0f} s)", flush=True)
+        command = [sys.executable, __file__, "--stage", stage, "--out", str(out), "--stage-module", module]
+        command += ["--cpu"] if cpu else []
         start = time.perf_counter()
         with open(out / f"stage_{stage}.log", "w") as log:
             try:
-                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=limits[stage]).returncode
+                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=limit).returncode
             except subprocess.TimeoutExpired:
                 code = "timeout"
         seconds = time.perf_counter() - start
@@ -101,19 +110,52 @@ def main() -> int:
         if not path.exists() and partial.exists():
             record["rows"] = json.loads(partial.read_text())
         if code == "timeout":
-            result = f"TIMEOUT after {limits[stage]} s"
+            result = f"TIMEOUT after {limit:.0f} s"
         elif code != 0 or not path.exists():
             result = f"FAILED (exit {code}, see stage_{stage}.log)"
         else:
-            result = {True: "pass", False: "FAIL", None: "skipped"}[record["ok"]]
-        results.append({**record, "result": result, "seconds": seconds})
+            result = VERDICTS[record["ok"]]
+        results.append({**record, "result": result, "seconds": seconds, "limit": limit})
         print(f"[{stage}] {result} in {seconds:.0f} s", flush=True)
-        # rewritten after every stage: a run cut short still leaves what it measured
-        table = summarize(results)
-        (out / "summary.md").write_text(table + "\n")
+        (out / "summary.md").write_text(summarize(results) + "\n")
         (out / "summary.json").write_text(json.dumps(results, indent=1))
-    print(table)
-    return 0 if all(r["result"] in ("pass", "skipped") for r in results) else 1
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="toy sizes on CPU, kernels under the Triton interpreter")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/gpu_check/<time>)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run, shared by the stages")
+    parser.add_argument("--stages", nargs="+", default=None, help=f"some of {list(LIMITS)}, run in that order")
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
+    parser.add_argument("--stage-module", default="gpu", help=argparse.SUPPRESS)  # where STAGES live (tests: others)
+    args = parser.parse_args()
+    out = args.out or ROOT / "outputs/gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if args.stage:
+        run_stage(args.stage, out, args.cpu, args.stage_module)
+        return 0
+    STAGES = importlib.import_module(args.stage_module).STAGES
+    defaults = CPU_LIMITS if args.cpu else LIMITS
+    weights = {stage: defaults.get(stage, 60) for stage in STAGES}  # a stage the tables lack: 60 s
+    stages = [stage for stage in defaults if stage in STAGES] + [stage for stage in STAGES if stage not in defaults]
+    stages = args.stages or stages
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"--stages {' '.join(unknown)}: choose from {list(STAGES)}")
+    if args.budget is not None and args.budget <= SUMMARY_SECONDS:
+        parser.error(f"--budget {args.budget:g}: more than {SUMMARY_SECONDS} seconds, please")
+    if not args.cpu:
+        import torch
+
+        if not torch.cuda.is_available():  # before the folder is made: a check that cannot run leaves none
+            print("gpu_check: no CUDA device visible; run on a GPU machine, or pass --cpu for toy sizes on CPU")
+            return 2
+        print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__}) -> {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_stages(stages, weights, args.budget, out, args.cpu, args.stage_module)
+    print(summarize(results))
+    return 0 if all(r["result"] in ("pass", "not run") for r in results) else 1
 
 
 if __name__ == "__main__":

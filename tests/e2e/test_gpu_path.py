@@ -222,3 +222,20 @@ def test_memory_plan_is_within_2x_of_the_measured_cpu_peak(tmp_path):
         f"plan {plan.train_total / 2**20:.0f} MiB, measured {peak / 2**20:.0f} MiB, ratio {ratio:.2f}\n{plan.table()}"
     )
     assert 0.5 <= ratio <= 2.0
+
+
+@pytest.mark.parametrize(
+    "trainer, backend",
+    [("fsdp", "cuda:nccl,cpu:gloo"), ("fsdp_cpu", "gloo")],
+)
+def test_fsdp2_process_groups_have_a_backend_for_cpu_tensors(trainer, backend):
+    """With `fsdp.offload_*` FSDP2 keeps shards and gradients on the CPU; their all-gathers and the
+    gradient-norm all-reduce go through the group's CPU backend, which NCCL alone lacks. (The NCCL
+    half cannot be created without CUDA: the GPU line of `gpu_check` covers it.)"""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"trainer={trainer}"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert strategy.process_group_backend == backend

@@ -243,6 +243,7 @@ TRAINER = section(  # lightning.Trainer's arguments
         "strategy.data_parallel_size": (POSITIVE, "ranks that shard the models (all of them)", FSDP2),
         "strategy.tensor_parallel_size": (POSITIVE, "tensor-parallel ranks (1)", FSDP2),
         "strategy.save_distributed_checkpoint": (FLAG, "false: one checkpoint file", FSDP2),
+        "strategy.process_group_backend": (TEXT, "cuda:nccl,cpu:gloo (GPUs; offloaded shards on gloo) | gloo", FSDP2),
     },
 )
 PATHS = section(
