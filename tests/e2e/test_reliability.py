@@ -281,10 +281,13 @@ def test_a_run_killed_at_random_moments_resumes_into_one_history(make_cfg, cache
     # while step 2's checkpoint is written: its rows are on disk, the newest checkpoint is step 1's
     assert kill_when(launch("kill_0"), lambda: (directory / "step_2.ckpt.tmp").exists())
     assert newest_checkpoint(directory) == 1 and read_metrics(run_dir)[-1]["step"] == "2"
-    # then at a random moment (seeded) after each new checkpoint: mid-step, mid-evaluation, mid-write
+    # then at a random moment (seeded) after each new checkpoint: mid-step, mid-evaluation, mid-write;
+    # within half the uninterrupted run's shortest step, so that a fast machine does not finish first
+    published = sorted(p.stat().st_mtime for p in (tmp_path / "whole" / "run" / "checkpoints").glob("step_*.ckpt"))
+    shortest_step = min(later - earlier for earlier, later in zip(published, published[1:]))
     rng, kills = random.Random(0), 1
     for attempt in (1, 2, 3):
-        newest, delay = newest_checkpoint(directory), rng.uniform(0, 1)
+        newest, delay = newest_checkpoint(directory), rng.uniform(0, 0.5) * shortest_step
         if newest < KILLED_RUN_STEPS:
             kills += kill_when(launch(f"kill_{attempt}"), saved_after(directory, newest), delay)
     assert kills >= 3
