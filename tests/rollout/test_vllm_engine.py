@@ -1,6 +1,7 @@
 """`VLLMEngine` on CPU against a stand-in `vllm` module that has vLLM 0.33.0's signatures and
 records every call: keyword names, the phase cycle, level-2 completeness, seeds, LOCAL_RANK."""
 
+import importlib.machinery
 import json
 import os
 import re
@@ -174,6 +175,7 @@ def vllm(monkeypatch):
     """The stand-in as `vllm` and `vllm.inputs`; the launcher's variables and torch's settings
     are as they were after each test."""
     module, inputs = types.ModuleType("vllm"), types.ModuleType("vllm.inputs")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # found by importlib.util.find_spec
     module.LLM, module.SamplingParams, inputs.TokensPrompt = LLM, VLLMSamplingParams, TokensPrompt
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
@@ -273,3 +275,27 @@ def test_building_the_engine_keeps_torch_settings(vllm, tmp_path):
     torch.set_num_threads(2)
     VLLMEngine(save_model(tmp_path / "m", tied=True), EOS, EOS, "cpu")
     assert torch.get_float32_matmul_precision() == "high" and torch.get_num_threads() == 2
+
+
+def test_a_sweep_trains_each_vllm_job_in_a_fresh_process_and_refuses_a_parallel_launcher(vllm):
+    """vLLM allows one engine per process: a sweep's job whose engine resolves to vLLM (on CUDA) trains in a
+    process of its own; a launcher that may run such jobs side by side is refused, naming the ones to use."""
+    from hydra import compose, initialize_config_dir
+
+    from tinyzero.analysis.sweep import IN_PROCESS, check_launcher, job_process
+
+    def process(*overrides, device="cuda"):
+        conf = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "conf")
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            return job_process(compose("train", overrides=["experiment=countdown_tiny", *overrides]), device)
+
+    assert process("rollout.engine.kind=vllm") == process("rollout.engine.kind=auto") == "fresh"
+    assert process("rollout.engine.kind=auto", device="cpu") == process("rollout.engine.kind=compiled") == "same"
+    assert process("rollout.engine.kind=vllm", "sweep_job_process=same") == "same"  # the user's choice
+    assert process("rollout.engine.kind=hf", "sweep_job_process=fresh") == "fresh"
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    with pytest.raises(ValueError, match=re.escape("use hydra/launcher=basic (the default) or hydra/launcher=sub")):
+        check_launcher(joblib, "fresh")
+    check_launcher(joblib, "same")
+    check_launcher(IN_PROCESS, "fresh")
+    check_launcher("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "fresh")

@@ -1,10 +1,15 @@
 """`-m` sweeps: every job's config is checked before the first starts (a sweeper), a signal stops the
-whole sweep, not only its current job, and a summary of every job (its outcome and how it ended) is
-written once the sweep ends (a callback)."""
+whole sweep, not only its current job, a job whose engine is vLLM trains in a fresh process of its own,
+and a summary of every job (its outcome and how it ended) is written once the sweep ends (a callback)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 from hydra import compose
@@ -16,11 +21,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tinyzero.analysis.compare import STATUS_FILE, compare, format_table
-from tinyzero.errors import report_config_error
+from tinyzero.errors import ConfigError, report_config_error
+from tinyzero.rollout.select import resolve_engine
 from tinyzero.train.callbacks import StopOnSignal
 from tinyzero.train.config_keys import check_unread
 
 IN_PROCESS = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # runs the jobs one after another
+# the launchers that give each job a process of its own, one job at a time per GPU (SLURM: its own allocation)
+OWN_PROCESS_LAUNCHERS = {
+    IN_PROCESS: "hydra/launcher=basic (the default)",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher": "hydra/launcher=submitit_slurm",
+}
+JOB_PROCESSES = ("auto", "fresh", "same")  # sweep_job_process
+STATUS_VARIABLE = "TINYZERO_JOB_STATUS_FILE"  # where a job in a fresh process writes how it ended
 
 
 class SweepSummary(Callback):
@@ -73,6 +86,61 @@ def check_jobs(config: DictConfig, config_name: str) -> None:
             job_cfg = compose(config_name, overrides=job)
             check_unread(job_cfg, swept, how="swept")
             validate(job_cfg, job)
+            check_launcher(config.hydra.launcher._target_, job_process(job_cfg))
+
+
+def job_process(cfg: DictConfig, device: str | None = None) -> str:
+    """Where a job of a sweep trains: `fresh` (a process of its own) or `same` (the sweep's). vLLM allows one
+    engine per process (its sleep mode's allocator: `CuMem allocator can only be used for one instance per
+    process`, vllm/v1/worker/gpu_worker.py, 0.33.0), so `sweep_job_process=auto` gives a job whose engine
+    resolves to vLLM on `device` (the trainer's by default) a fresh one."""
+    from tinyzero.train.build import device_type
+
+    if cfg.sweep_job_process != "auto":
+        return cfg.sweep_job_process
+    engine, _ = resolve_engine(cfg.rollout.engine.kind, device or device_type(cfg))
+    return "fresh" if engine == "vllm" else "same"
+
+
+def check_launcher(launcher: str, process: str) -> None:
+    """Refuse a launcher that runs jobs side by side or in reused worker processes (joblib, submitit's
+    local one) for jobs that need a process each: one GPU holds one vLLM engine at a time."""
+    if process == "fresh" and launcher not in OWN_PROCESS_LAUNCHERS:
+        raise ConfigError(
+            f"hydra.launcher._target_={launcher} may run this sweep's jobs side by side or in reused processes, "
+            "and each of them needs a process of its own (its rollout engine is vLLM, or sweep_job_process=fresh): "
+            f"use {' or '.join(OWN_PROCESS_LAUNCHERS.values())}"
+        )
+
+
+def run_in_fresh_process(script: str, config_name: str, overrides: list[str], output_dir: str) -> str:
+    """Train one job of an in-process sweep as `python <script> <its overrides>` writing to the job's
+    folder, and wait for it: the sweep's jobs run one after another, each in a fresh process. A signal
+    the sweep catches (SweepSummary's handlers) goes on to the job, which stops with a checkpoint as any
+    run does; returns how the job ended, as it wrote it (`tell_sweep`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        status_file = Path(folder, "status")
+        command = [sys.executable, script, f"--config-name={config_name}", *overrides, f"hydra.run.dir={output_dir}"]
+        job = subprocess.Popen(command, env={**os.environ, STATUS_VARIABLE: str(status_file)})
+        forwarded = None
+        try:
+            while job.poll() is None:
+                if StopOnSignal.caught and forwarded is None:
+                    forwarded = StopOnSignal.caught
+                    job.send_signal(getattr(signal, forwarded, signal.SIGTERM))
+                time.sleep(0.1)
+        except BaseException:  # Ctrl-C reached the job too (one process group): it stops, then so does the sweep
+            job.wait()
+            raise
+        return status_file.read_text() if status_file.exists() else f"failed (exit status {job.returncode})"
+
+
+def tell_sweep(status: str) -> bool:
+    """Write how this run ended where the sweep that started it reads it; False when no sweep did."""
+    path = os.environ.get(STATUS_VARIABLE)
+    if path:
+        Path(path).write_text(status)
+    return bool(path)
 
 
 def job_status(job_return: JobReturn) -> str:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinyzero.data.datamodule import OVERLONG_PROMPTS
 from tinyzero.errors import ConfigError
 from tinyzero.kernels.backend import BACKENDS
+from tinyzero.analysis.sweep import JOB_PROCESSES
 from tinyzero.models.attention import ATTENTION_CHOICES
 from tinyzero.models.loading import DTYPES
 from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
@@ -39,6 +40,7 @@ TOP = section(
         "seed": (STEPS, "the run's seed: initial weights, data order and (rollout.seed) sampling"),
         "ckpt_path": (Text(nullable=True), "resume from a step_K.ckpt, or last: the newest good one; null: start"),
         "gpu_memory_gib": (Number(0, low_open=True, nullable=True), "the memory plan's GiB per GPU; null: its total"),
+        "sweep_job_process": (OneOf(JOB_PROCESSES), "a -m sweep's job trains in a fresh process | the same | auto"),
     },
 )
 TASK = section(  # checked further by the task's constructor; `build.check_task_keys` refuses foreign keys
