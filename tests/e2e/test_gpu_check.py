@@ -39,8 +39,9 @@ def test_cpu_mode_runs_every_stage_and_prints_the_summary_last(tmp_path):
     assert kernels == {"logprobs+entropy", "gae", "linear logprobs+entropy"}
     assert [row["variant"] for row in summary["c"]["rows"]] == ["triton fused", "torch unfused"]
     assert summary["d"]["rows"][0]["kernels"].startswith("torch (kernels.backend=auto")  # the GPU run: triton
-    assert summary["f"]["rows"][0]["equal_rows"] == "6/6"
-    assert [row["impl"] for row in summary["f"]["rows"][1:]] == ["hf", "compiled"]
+    float32, bfloat16 = summary["f"]["rows"][:2]
+    assert float32["equal_rows"] == "6/6" and bfloat16["check"].endswith("(tiny, bfloat16)")
+    assert [row["impl"] for row in summary["f"]["rows"][2:]] == ["hf", "compiled"]
     assert result.stdout.rstrip().endswith((tmp_path / "summary.md").read_text().rstrip())
     # the first stage's limit is its share of the budget (f: 90 of the CPU limits' 540 s), not the whole of it
     assert summary["f"]["limit"] <= 600 * 90 / 540  # as written: rounded to 0.1 s
@@ -72,3 +73,27 @@ def test_the_summary_is_cut_to_fit_what_a_lent_gpu_returns():
     ]
     assert len(summarize(results)) <= 11_000 < len(summarize(results, limit=10**6))
     assert summarize(results).count("…") == 6
+
+
+def test_stage_f_passes_a_divergence_at_a_tie_and_fails_one_past_rounding():
+    """Two greedy rows that part at a token whose logit equals the other's (two equal rows of the head)
+    are a near-tie; parting at a token far below is not."""
+    import torch
+
+    from tests.gpu.engines import divergence_gap, first_divergence
+    from tinyzero.models.tiny import build_tiny_model
+
+    torch.manual_seed(0)
+    model = build_tiny_model(50, 0, hidden_size=32, num_layers=2, intermediate_size=64, tie_word_embeddings=False)
+    prompt = [3, 4, 5]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        best, worst = logits.argmax().item(), logits.argmin().item()
+        twin = (best + 1) % 50
+        model.lm_head.weight[twin] = model.lm_head.weight[best]
+    assert first_divergence([best, 7], [best, 7]) is None and first_divergence([7, best], [7, twin]) == 1
+    gap, tolerance = divergence_gap(model.eval(), prompt, [best], [twin], 0, "cpu")
+    assert gap <= tolerance
+    gap, tolerance = divergence_gap(model, prompt, [best], [worst], 0, "cpu")
+    assert gap > tolerance > 0
+    assert divergence_gap(model, prompt, [best], [], 0, "cpu")[0] == float("inf")  # one row ended there

@@ -12,17 +12,28 @@ import torch
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 
+def scores_in_float32(queries: torch.Tensor, keys_t: torch.Tensor) -> torch.Tensor:
+    """`queries [N, M, d] @ keys_t [N, d, S]` written in float32, as flash attention and SDPA keep the
+    scores that the trainer's log-probs see: on CUDA from bfloat16 / float16 inputs directly (cuBLAS
+    accumulates in float32; `torch.bmm`'s `out_dtype`), elsewhere from inputs cast to float32."""
+    if queries.is_cuda and queries.dtype in (torch.bfloat16, torch.float16):
+        return torch.bmm(queries, keys_t, out_dtype=torch.float32)
+    return torch.bmm(queries.float(), keys_t.float())
+
+
 def grouped_attention(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """Attention of `q [B, heads, T, d]` over `keys`/`values [B, kv_heads, S, d]`, each KV head
     serving `heads / kv_heads` query heads without copying the cache per query head (as SDPA's
-    GQA fallback does); `mask [B, 1, T, S]` (True = attend); softmax in float32. `[B, heads, T, d]`."""
+    GQA fallback does); `mask [B, 1, T, S]` (True = attend). Scores and softmax in float32, the
+    weights in the values' dtype for their product, as flash attention does. `[B, heads, T, d]`."""
     batch, heads, length, dim = q.shape
     kv_heads = keys.shape[1]
-    grouped = q.reshape(batch, kv_heads, heads // kv_heads * length, dim)
-    scores = (grouped @ keys.transpose(-1, -2)).view(batch, kv_heads, heads // kv_heads, length, -1) * scale
-    scores = scores.float().masked_fill(~mask[:, :, None], float("-inf"))
+    grouped = q.reshape(batch * kv_heads, heads // kv_heads * length, dim)
+    scores = scores_in_float32(grouped, keys.flatten(0, 1).transpose(1, 2))
+    scores = scores.view(batch, kv_heads, heads // kv_heads, length, -1) * scale
+    scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
     weights = scores.softmax(-1).to(values.dtype).view(batch, kv_heads, heads // kv_heads * length, -1)
     return (weights @ values).view(batch, heads, length, dim)
 
