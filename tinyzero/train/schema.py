@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from tinyzero.analysis.sweep import JOB_PROCESSES
 from tinyzero.data.datamodule import OVERLONG_PROMPTS
 from tinyzero.errors import ConfigError
 from tinyzero.kernels.backend import BACKENDS
-from tinyzero.analysis.sweep import JOB_PROCESSES
 from tinyzero.models.attention import ATTENTION_CHOICES
 from tinyzero.models.loading import DTYPES
 from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
