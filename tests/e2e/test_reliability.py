@@ -5,10 +5,12 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -465,3 +467,41 @@ def test_a_checkpoint_of_the_flat_layout_resumes_with_last_and_trains_on(make_cf
     assert config_differences(other, saved) == [
         f"callbacks.rollout._target_: tinyzero.callbacks.OtherCallback -> {saved['callbacks']['rollout']['_target_']}"
     ]
+
+
+def test_the_reference_is_not_checkpointed_and_other_reference_weights_are_refused(make_cfg, tmp_path):
+    """A checkpoint holds the policy and its optimizer but not the frozen reference, only the hash of its
+    weights: a resume reloads it from model.path and goes on, also from a checkpoint that still holds a
+    reference (saved before); model.path holding other weights is refused, naming the path."""
+    from transformers import AutoModelForCausalLM
+
+    from tinyzero.errors import ConfigError
+    from tinyzero.models.loading import load_policy, weights_sha256
+
+    settings = ("algorithm=grpo", "callbacks.checkpoint.save_hf=false")
+    cfg = make_cfg(*settings, "data.max_steps=1")
+    fit(cfg)
+    [path] = sorted((tmp_path / "run" / "checkpoints").glob("step_*.ckpt"))
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    names = list(checkpoint["state_dict"])
+    assert names and all(name.startswith("policy.") for name in names)
+    assert checkpoint["tinyzero"]["reference_sha256"] == weights_sha256(load_policy(cfg.model.path))
+
+    older = tmp_path / "older.ckpt"  # as saved before: the reference's weights beside the policy's
+    policy = {name: value for name, value in checkpoint["state_dict"].items()}
+    checkpoint["state_dict"].update({name.replace("policy.", "reference.", 1): v for name, v in policy.items()})
+    torch.save(checkpoint, older)
+    _, module = fit(make_cfg(*settings, "data.max_steps=2", f"ckpt_path={older}"))
+    assert module.rl_step == 2
+
+    other = tmp_path / "other_base"
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    model.save_pretrained(other)
+    for extra in Path(cfg.model.path).iterdir():  # the tokenizer and the base's own record
+        if not (other / extra.name).exists():
+            shutil.copy(extra, other / extra.name)
+    resumed = make_cfg(*settings, "data.max_steps=2", f"ckpt_path={path}", f"model.path={other}")
+    with pytest.raises(ConfigError, match=f"model.path={other} holds"):
+        fit(resumed)

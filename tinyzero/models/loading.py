@@ -5,6 +5,7 @@ Tiny test models and Qwen2.5-3B go through the same calls; only the path differs
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -63,3 +64,14 @@ def load_critic(path: str, dtype: str = "float32", attn_implementation: str = "s
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters (names, dtypes, shapes and bytes, in name order), read where they
+    are: a whole model, before any sharding. A checkpoint keeps its reference's, to refuse a resume onto
+    other reference weights."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        digest.update(f"{name} {param.dtype} {tuple(param.shape)}\n".encode())
+        digest.update(param.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

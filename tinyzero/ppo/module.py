@@ -15,8 +15,9 @@ import torch
 from omegaconf import DictConfig
 
 from tinyzero.distributed import sum_ranks
+from tinyzero.errors import ConfigError
 from tinyzero.kernels.backend import resolve_backend
-from tinyzero.models.loading import load_critic, load_policy
+from tinyzero.models.loading import load_critic, load_policy, weights_sha256
 from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
 from tinyzero.ppo.experience import (
     Batch,
@@ -72,7 +73,15 @@ class PPOModule(L.LightningModule):
         self.shuffle = torch.Generator().manual_seed(seed)
         self.rl_step = 0
         self.nonfinite = NonfiniteStreaks(algorithm.nonfinite_abort_after)
-        self.policy = self.critic = self.reference = None
+        self.policy = self.critic = None
+        # the frozen reference, out of the module's state: never checkpointed (reloaded from model.path), only
+        # its weights' hash is, so a resume onto other reference weights is refused
+        self.frozen: dict[str, torch.nn.Module] = {}
+        self.reference_sha256: str | None = None
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        return self.frozen.get("reference")
 
     # ---- models -------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -82,7 +91,8 @@ class PPOModule(L.LightningModule):
         self.policy = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation)
         if self.use_critic:
             self.critic = load_critic(cfg.critic_path, cfg.dtype, cfg.attn_implementation)
-        self.reference = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation).eval().requires_grad_(False)
+        reference = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation).eval().requires_grad_(False)
+        self.frozen["reference"], self.reference_sha256 = reference, weights_sha256(reference)
         if cfg.gradient_checkpointing:
             for model in (self.policy, self.critic):
                 if model is not None:
@@ -97,6 +107,8 @@ class PPOModule(L.LightningModule):
                     shard_fsdp2(model, self.device_mesh["data_parallel"], **policies)
 
     def on_fit_start(self) -> None:
+        if self.device_mesh is None:  # FSDP2 placed the reference's shards; unregistered, nothing else moves it
+            self.reference.to(self.device)
         # decided once, where the tensors will live
         self.kernels_backend, reason = resolve_backend(self.kernels_backend, self.device)
         log.info("log-prob, entropy and GAE backend: %s (%s)", self.kernels_backend, reason)
@@ -286,6 +298,7 @@ class PPOModule(L.LightningModule):
             "kl_ctrl": self.kl_ctrl.state_dict(),
             "shuffle": self.shuffle.get_state(),
             "rng": global_rng_state(),
+            "reference_sha256": self.reference_sha256,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -293,6 +306,15 @@ class PPOModule(L.LightningModule):
         # steps must go on (its sampler starts at rl_step and yields nothing when the run is done).
         checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"] = False
         state = checkpoint["tinyzero"]
+        saved = state.get("reference_sha256")
+        if saved is not None and saved != self.reference_sha256:
+            raise ConfigError(
+                f"the checkpoint's run measured its KL against other reference weights (sha256 {saved[:16]}...) "
+                f"than model.path={self.model_cfg.path} holds ({self.reference_sha256[:16]}...): resume with the "
+                "model.path the run started from"
+            )
+        for key in [k for k in checkpoint.get("state_dict", {}) if k.startswith("reference.")]:
+            del checkpoint["state_dict"][key]  # saved before the reference was left out
         self.rl_step = state["rl_step"]
         self.kl_ctrl.load_state_dict(state["kl_ctrl"])
         self.shuffle.set_state(state["shuffle"])
