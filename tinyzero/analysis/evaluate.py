@@ -6,15 +6,14 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
 from tinyzero.data.datamodule import PromptSet
 from tinyzero.data.sources import held_out_rows
 from tinyzero.errors import ConfigError, MissingFileError
 from tinyzero.models.loading import load_tokenizer
 from tinyzero.ppo.experience import score_rollouts
 from tinyzero.rollout import HFEngine, SamplingParams
-from tinyzero.train.checkpointing import checkpoint_step, saved_config, verify_checkpoint
+from tinyzero.train.checkpointing import checkpoint_step
+from tinyzero.train.export import export_hf
 
 
 def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
@@ -43,25 +42,7 @@ def model_dir(checkpoint: str | Path, scratch: str | Path) -> Path:
     export = checkpoint.parent / "hf" / f"step_{step}" / "policy"
     if (export / "config.json").exists():
         return export
-    return export_policy(checkpoint, Path(scratch) / f"policy_step_{step}")
-
-
-def export_policy(checkpoint: Path, out: Path) -> Path:
-    """The policy of a training checkpoint saved without its Hugging Face export, as one."""
-    from transformers import AutoModelForCausalLM
-
-    verify_checkpoint(checkpoint)
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
-    config = saved_config(checkpoint)
-    if config is None:
-        raise ConfigError(f"{checkpoint} keeps no run config (saved outside scripts/train.py) and has no hf/ export")
-    base = config["model"]["path"]
-    policy = AutoModelForCausalLM.from_pretrained(base)
-    prefix = "policy."
-    policy.load_state_dict({k[len(prefix) :]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)})
-    policy.save_pretrained(out)
-    load_tokenizer(base).save_pretrained(out)
-    return out
+    return export_hf(checkpoint, Path(scratch) / f"step_{step}", roles=("policy",))["policy"]
 
 
 def evaluate_checkpoint(

@@ -19,6 +19,7 @@ from tinyzero.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step_(\d+)\.ckpt$")
+SHARDED_METADATA = "meta.pt"  # a sharded checkpoint's file of everything but weights and optimizer states
 CONFIG_KEY = "tinyzero_config"  # where a checkpoint keeps the resolved config of the run that saved it
 # Keys (with everything under them) that do not change what a run computes, so `ckpt_path=last`
 # resumes across them: where files go, what is logged, printed or checkpointed, how often it
@@ -61,11 +62,18 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def verify_checkpoint(path: str | Path) -> None:
-    """Raise `CorruptCheckpointError` unless `path` is a whole torch checkpoint (a zip archive
-    whose every member passes its CRC check)."""
+    """Raise `CorruptCheckpointError` unless `path` is a whole checkpoint: a torch archive whose every
+    member passes its CRC check, or a sharded one (a folder, `trainer=fsdp`) whose metadata reads and
+    whose every shard file is there at least as long as the metadata says (shards carry no CRC)."""
     path = Path(path)
+    if path.is_dir():
+        return verify_sharded(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist")
+    verify_archive(path)
+
+
+def verify_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad_member = archive.testzip()
@@ -77,6 +85,25 @@ def verify_checkpoint(path: str | Path) -> None:
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {bad_member} fails its CRC check")
 
 
+def verify_sharded(path: Path) -> None:
+    """A distributed checkpoint as Lightning's ModelParallelStrategy writes it: `meta.pt` (everything but
+    the weights and optimizer states), torch's `.metadata` and the ranks' `__R_0.distcp` shard files."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    verify_archive(path / SHARDED_METADATA)
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except Exception as err:  # a missing or cut .metadata fails in many ways; each means "do not resume it"
+        raise CorruptCheckpointError(f"checkpoint {path}: its .metadata does not read ({err})") from err
+    ends: dict[str, int] = {}
+    for item in metadata.storage_data.values():
+        ends[item.relative_path] = max(ends.get(item.relative_path, 0), item.offset + item.length)
+    for name, end in sorted(ends.items()):
+        shard = path / name
+        if not shard.is_file() or shard.stat().st_size < end:
+            raise CorruptCheckpointError(f"checkpoint {path}: shard {name} is missing or shorter than {end} bytes")
+
+
 def run_config(cfg: DictConfig) -> dict:
     """The resolved config that each checkpoint keeps, to be compared when a run resumes."""
     return OmegaConf.to_container(cfg, resolve=True)
@@ -84,8 +111,11 @@ def run_config(cfg: DictConfig) -> dict:
 
 def saved_config(path: str | Path) -> dict | None:
     """The config a checkpoint was saved with (None: saved without one). Memory-mapped: no tensor is read."""
+    path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = torch.load(
+            path / SHARDED_METADATA if path.is_dir() else path, map_location="cpu", mmap=True, weights_only=False
+        )
     except Exception as err:  # a damaged archive fails in many ways; each means "do not resume it"
         raise CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from err
     return checkpoint.get(CONFIG_KEY)
@@ -175,8 +205,9 @@ def fsync_file(path: Path) -> None:
 
 def publish(temporary: Path, final: Path) -> None:
     """Make a fully written file or directory visible under its final name in one rename."""
-    if temporary.is_file():
-        fsync_file(temporary)
+    for file in [temporary] if temporary.is_file() else temporary.rglob("*"):
+        if file.is_file():
+            fsync_file(file)
     if final.is_dir():
         shutil.rmtree(final)
     os.replace(temporary, final)
@@ -187,7 +218,10 @@ def prune(directory: Path, keep_last: int) -> list[Path]:
     removed = []
     checkpoints = sorted(directory.glob("step_*.ckpt"), key=checkpoint_step)
     for path in checkpoints[: max(0, len(checkpoints) - keep_last)]:
-        path.unlink()
+        if path.is_dir():  # a sharded checkpoint
+            shutil.rmtree(path)
+        else:
+            path.unlink()
         removed.append(path)
     exports = sorted(
         (p for p in (directory / "hf").glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from tinyzero.kernels.backend import auto_chunk_tokens, resolve_backend
-from tinyzero.train.memory_estimate import GIB, MemoryPlan, Shape, estimate_memory
+from tinyzero.train.memory_estimate import GIB, MemoryPlan, Shape, dtype_bytes, estimate_memory
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ def offloads(cfg, key: str) -> bool:
     """`fsdp.<key>` as the run applies it: FSDP2's CPU offload, so with a device mesh on CUDA only.
     A one-GPU recipe (trainer=gpu) builds no mesh and ignores it today (issue 23)."""
     return bool(cfg.fsdp[key]) and shards_with_fsdp2(cfg) and on_gpu(cfg)
+
+
+def checkpoint_bytes_per_rank(cfg) -> float:
+    """What the most loaded rank writes per checkpoint, computed from the shapes (not measured): the
+    policy's and, with a critic, the critic's weights and AdamW's two moments in `model.dtype`; split over
+    the ranks when sharded (`trainer.strategy.save_distributed_checkpoint`), else all on rank 0. The
+    frozen reference is never saved."""
+    from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
+
+    shape = model_shape(cfg.model)
+    heads = ["lm"] + (["value"] if ADVANTAGE_ESTIMATORS[cfg.algorithm.adv_estimator].needs_critic else [])
+    total = sum(3 * shape.params(head) * dtype_bytes(cfg.model.dtype) for head in heads)
+    sharded = shards_with_fsdp2(cfg) and cfg.trainer.strategy.get("save_distributed_checkpoint", False)
+    return total / ranks(cfg) if sharded else total
 
 
 def policy_micro_batch(cfg) -> int:
