@@ -42,14 +42,14 @@ def main(overrides: list[str]) -> int:
         gpu_bytes = cfg.gpu_memory_gib * GIB
         plan = plan_for(cfg, gpu_bytes, engine)
         print(plan.table())
-        problems = plan.check(gpu_bytes)
-        print("\n".join(problems) if problems else f"fits in {cfg.gpu_memory_gib} GiB per GPU")
-        for line in advice(cfg, plan, gpu_bytes, engine, recipe_with):
-            print(line)
         print(
             f"checkpoint: {checkpoint_bytes_per_rank(cfg) / GIB:.1f} GiB per rank, computed from the shapes "
             "(weights and AdamW moments of the trained models; the reference is not saved)"
         )
+        problems = plan.check(gpu_bytes)
+        print("\n".join(problems) if problems else f"fits in {cfg.gpu_memory_gib} GiB per GPU")
+        for line in advice(cfg, plan, gpu_bytes, engine, recipe_with):
+            print(line)
     return 1 if problems else 0
 
 

@@ -91,7 +91,45 @@ def stage_rollout_engines(out: Path, small: bool) -> tuple[list[dict], bool]:
             }
         )
         passed &= equal + ties == len(prompts)
+    rows += sleep_cycle_rows(path, prompts, device) if device == "cuda" else []
     benchmark_rows, benchmarks_passed = run_benchmarks(
         out, "rollout_benchmarks", "benchmarks/test_bench_rollout.py", "cpu" if small else "cuda"
     )
     return rows + benchmark_rows, passed and benchmarks_passed
+
+
+def sleep_cycle_rows(path: Path, prompts: list[list[int]], device: str, steps: int = 5) -> list[dict]:
+    """Seconds per rollout step's engine cycle (wake the weights, push them, wake the cache, generate 16
+    tokens, sleep) of the compiled engine with and without pinned host buffers and kept graphs: the
+    median of `steps` cycles after a first one."""
+    import statistics
+    import time
+
+    from tinyzero.rollout import CompiledEngine, SamplingParams
+
+    sampling = SamplingParams(n=4, temperature=1.0, max_new_tokens=16, seed=0)
+    rows = []
+    for pin_memory, keep_graphs in ((False, False), (True, False), (True, True)):
+        engine = CompiledEngine(str(path), 10**6, 0, device, "bfloat16", pin_memory=pin_memory, keep_graphs=keep_graphs)
+        weights = [(name, p.detach().clone().to(device)) for name, p in engine.model.named_parameters()]
+        times = []
+        for _ in range(steps + 1):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            engine.wake_up(["weights"])
+            engine.load_weights(weights)
+            engine.wake_up(["kv_cache"])
+            engine.generate(prompts, sampling)
+            engine.sleep()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        rows.append(
+            {
+                "check": "engine cycle per step (tiny, bfloat16)",
+                "pin_memory": pin_memory,
+                "keep_graphs": keep_graphs,
+                "median_s": round(statistics.median(times[1:]), 4),
+                "first_s": round(times[0], 4),
+            }
+        )
+    return rows

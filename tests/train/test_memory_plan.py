@@ -89,6 +89,18 @@ def test_offload_is_planned_only_where_it_takes_effect(recipe):
         assert lower == takes_effect, name
 
 
+def test_kept_graphs_hold_the_engines_weights_and_cache_through_the_train_phase(recipe):
+    """rollout.engine.compiled.keep_graphs: the compiled engine's weights and KV cache, as the generate phase
+    counts them, are in the train phase too; the generate phase does not change."""
+    base = ["experiment=countdown_1.5b", "rollout.engine.kind=compiled"]
+    (dropped, _), (kept, _) = recipe(base), recipe([*base, "rollout.engine.compiled.keep_graphs=true"])
+    dropped, kept = plan_for(dropped, 80 * GIB, "compiled"), plan_for(kept, 80 * GIB, "compiled")
+    engine = {name: dropped.generate[name] for name in ("engine weights", "KV cache (max_num_seqs sequences)")}
+    assert {name: kept.train[name] for name in engine} == engine
+    assert kept.train_total - dropped.train_total >= sum(engine.values())  # with the allocator's slack on them
+    assert kept.generate == dropped.generate
+
+
 def test_a_recipe_that_fits_gets_no_advice(recipe):
     cfg, composer = recipe(["experiment=countdown_1.5b"])
     plan = plan_for(cfg, 140 * GIB, "vllm")

@@ -59,8 +59,11 @@ class CompiledEngine(HFEngine):
     each chunk gets a cache of its own sequences × its prompt width and `max_new_tokens`, as
     transformers' cache holds what is used."""
 
-    def __init__(self, *args, max_model_len: int = 2048, cuda_graphs: bool = True, **kwargs):
-        """`args` and `kwargs` as `HFEngine`'s (its `max_batch_size` is the cache's rows)."""
+    def __init__(self, *args, max_model_len: int = 2048, cuda_graphs: bool = True, keep_graphs: bool = False, **kwargs):
+        """`args` and `kwargs` as `HFEngine`'s (its `max_batch_size` is the cache's rows). `keep_graphs`
+        (with CUDA graphs): the weights, the cache and the captured graphs stay on the GPU while asleep, so
+        no step captures again (each capture synchronises and empties the allocator's cache); the memory
+        plan then counts them in the train phase too."""
         self.max_model_len = max_model_len
         self.decoder: StaticDecoder | None = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -68,8 +71,12 @@ class CompiledEngine(HFEngine):
         super().__init__(*args, **kwargs)
         check_decodable(self.model.config)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.keep_graphs = keep_graphs and self.cuda_graphs
 
     def sleep(self) -> None:
+        if self.decoder is not None and self.keep_graphs:  # weights and cache stay where the graphs read them
+            self.awake.clear()
+            return
         self.decoder, self.graphs, self.graph_pool = None, {}, None
         super().sleep()
 

@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 class HFEngine:
     """Keeps its own copy of the policy; sleeping moves it off the compute device.
 
-    `max_batch_size` bounds the sequences generated at once (prompts × n).
+    `max_batch_size` bounds the sequences generated at once (prompts × n). `pin_memory` (on CUDA): the
+    sleeping weights go to pinned host buffers allocated once and reused at every sleep, copied at the
+    link's full speed; without it each sleep allocates pageable host memory that the copy is staged through.
     """
 
     def __init__(
@@ -28,8 +30,11 @@ class HFEngine:
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
         max_batch_size: int = 256,
+        pin_memory: bool = True,
     ):
         self.device = torch.device(device)
+        self.pin_memory = pin_memory and self.device.type == "cuda"
+        self.host: dict[str, torch.Tensor] = {}  # name -> the pinned buffer a sleeping weight lives in
         self.model = load_policy(path, dtype=dtype, attn_implementation=attn_implementation).eval()
         self.model.requires_grad_(False)
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
@@ -39,15 +44,29 @@ class HFEngine:
         self.sleep()
 
     def sleep(self) -> None:
-        if self.device.type != "cpu":
+        if self.pin_memory:
+            self._to_pinned_host()
+        elif self.device.type != "cpu":
             self.model.to("cpu")
         self.awake.clear()
 
     def wake_up(self, tags: Sequence[str] | None = None) -> None:
         tags = check_tags(tags)
         if "weights" in tags and "weights" not in self.awake:
-            self.model.to(self.device)
+            for param in self.params.values():
+                param.data = param.data.to(self.device, non_blocking=True)
+            self.model.to(self.device)  # the buffers (rotary frequencies), the first time
         self.awake.update(tags)
+
+    def _to_pinned_host(self) -> None:
+        """Each weight into its pinned host buffer (allocated at the first sleep), then the device copies freed."""
+        for name, param in self.params.items():
+            if name not in self.host:
+                self.host[name] = torch.empty(param.shape, dtype=param.dtype, pin_memory=True)
+            self.host[name].copy_(param.data, non_blocking=True)
+        torch.cuda.synchronize(self.device)
+        for name, param in self.params.items():
+            param.data = self.host[name]
 
     def reset_prefix_cache(self) -> None:
         """transformers keeps no cache between `generate` calls: nothing to reset."""

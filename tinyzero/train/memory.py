@@ -122,6 +122,7 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
             "compiled": cfg.rollout.engine.compiled.max_batch_size,
             "hf": min(cfg.rollout.engine.hf.max_batch_size, responses_per_rank(cfg)),
         }[engine],
+        engine_stays_awake=engine == "compiled" and cfg.rollout.engine.compiled.keep_graphs,
     )
 
 

@@ -166,6 +166,7 @@ def estimate_memory(
     gpu_memory_utilization: float,
     tensor_parallel_size: int,
     max_num_seqs: int,
+    engine_stays_awake: bool = False,
 ) -> MemoryPlan:
     """Train phase: what stays resident (shards of params and AdamW moments, the reference, the
     engine's weights on CPU) plus the largest of the transients that never coexist: a policy
@@ -187,9 +188,14 @@ def estimate_memory(
         # FSDP2 gathers the root (embeddings, head) for the whole pass and a layer (plus the next, prefetched)
         plan.train["gathered root + 2 layers"] = (root + 2 * shape.layer_params) * compute
     engine_weights = shape.params("lm") * dtype_bytes(rollout_dtype) / tensor_parallel_size
+    kv_cache = max_num_seqs * seq * shape.kv_cache_bytes_per_token(rollout_dtype)
     if not engine_on_gpu:
         plan.train["engine weights (asleep, same memory)"] = engine_weights
         plan.notes.append("the engine shares the trainer's memory (CPU): its weights stay resident while asleep")
+    elif engine_stays_awake:  # the compiled engine's keep_graphs: what its graphs read stays on the GPU
+        plan.train["engine weights"] = engine_weights
+        plan.train["KV cache (max_num_seqs sequences)"] = kv_cache
+        plan.notes.append("rollout.engine.compiled.keep_graphs: the engine's weights and KV cache stay on the GPU")
     resident = dict(plan.train)
 
     tokens = micro_batch * seq
@@ -251,9 +257,7 @@ def estimate_memory(
         )
     else:
         plan.generate["engine weights"] = engine_weights
-        plan.generate["KV cache (max_num_seqs sequences)"] = (
-            max_num_seqs * seq * shape.kv_cache_bytes_per_token(rollout_dtype)
-        )
+        plan.generate["KV cache (max_num_seqs sequences)"] = kv_cache
     # vLLM's share is a budget its own allocator keeps to: no slack on it
     plan.generate["allocator slack"] = ALLOCATOR_SLACK * sum(
         value for name, value in plan.generate.items() if not name.startswith("vLLM")
