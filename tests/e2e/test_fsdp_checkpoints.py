@@ -1,6 +1,8 @@
-"""FSDP2 checkpoints on two gloo ranks: sharded folders without the reference, found by `ckpt_path=last`,
-resumed to the uninterrupted run's metrics, verified, and turned into Hugging Face folders."""
+"""Two gloo ranks (ModelParallelStrategy): each step's prompts split between them, and FSDP2 checkpoints as
+sharded folders without the reference, found by `ckpt_path=last`, resumed to the uninterrupted run's
+metrics, verified, and turned into Hugging Face folders."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ import torch
 from conftest import QUICK, ROOT
 from run_helpers import step_rows
 
+from tinyzero.data.datamodule import StepBatchSampler
 from tinyzero.models import load_critic, load_policy
 from tinyzero.models.loading import weights_sha256
 from tinyzero.train.build import build
@@ -45,7 +48,15 @@ def test_sharded_checkpoints_resume_with_last_leave_the_reference_out_and_export
     build(make_cfg())  # the shared tiny model exists before the ranks start
     whole = tmp_path / "whole" / "run"
     whole.parent.mkdir()
-    two_ranks(whole, cache_dir, "data.max_steps=2", "callbacks.checkpoint.save_hf=true")
+    two_ranks(
+        whole,
+        cache_dir,
+        "data.max_steps=2",
+        "callbacks.checkpoint.save_hf=true",
+        "callbacks.rollout.dump_rollouts=true",
+        "callbacks.rollout.eval_every_n_steps=2",
+    )
+    assert_rollouts_split_across_ranks(whole, make_cfg())
     first = whole / "checkpoints" / "step_1.ckpt"
     assert first.is_dir() and (first / SHARDED_METADATA).is_file()  # each rank wrote its shards
     verify_checkpoint(first)
@@ -68,7 +79,8 @@ def test_sharded_checkpoints_resume_with_last_leave_the_reference_out_and_export
         sweep / "b", cache_dir, "data.max_steps=2", "callbacks.checkpoint.save_hf=false", "ckpt_path=last"
     )
     assert f"resuming from {sweep / 'a' / 'checkpoints' / 'step_1.ckpt'}" in output
-    resumed, uninterrupted = step_rows(sweep / "b")[2], step_rows(whole)[2]
+    resumed = step_rows(sweep / "b")[2]
+    uninterrupted = {key: value for key, value in step_rows(whole)[2].items() if not key.startswith("val/")}
     assert resumed.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
         assert resumed[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
@@ -100,3 +112,23 @@ def test_sharded_checkpoints_resume_with_last_leave_the_reference_out_and_export
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(CorruptCheckpointError, match="shorter than"):
         verify_checkpoint(cut)
+
+
+def assert_rollouts_split_across_ranks(run_dir, cfg) -> None:
+    """Each step's prompts are split between the two ranks with none lost or repeated, every prompt gets its
+    n responses, and the held-out evaluation gathers both ranks' responses (rank 0 writes them all, in order)."""
+    _, _, datamodule = build(cfg)
+    datamodule.setup()
+    sampler = StepBatchSampler(len(datamodule.train_set), cfg.data.train_batch_size, 2, cfg.data.seed)
+    for step in (1, 2):
+        per_rank = []
+        for rank in (0, 1):
+            path = run_dir / "rollouts" / f"step_{step}_rank_{rank}.jsonl"
+            per_rank.append([json.loads(line)["prompt_index"] for line in path.read_text().splitlines()])
+        assert not set(per_rank[0]) & set(per_rank[1]), "a prompt was generated on both ranks"
+        want = [datamodule.train_set.items[i]["index"] for i in sampler.batch(step - 1)]
+        assert sorted(set(per_rank[0]) | set(per_rank[1])) == sorted(want)
+        for indices in per_rank:
+            assert all(indices.count(i) == cfg.rollout.n for i in set(indices))
+    heldout = [json.loads(line) for line in open(run_dir / "heldout" / "step_2.jsonl")]
+    assert [row["index"] for row in heldout] == list(range(cfg.data.test_size))
