@@ -70,9 +70,16 @@ def iter_full_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) 
         yield name, tensor if dtype is None else tensor.to(dtype)
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of every weight, for `save_pretrained` (tied weights keep both names)."""
-    return {name: full_tensor(t.detach()).cpu() for name, t in model.state_dict().items()}
+def full_state_dict(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """A CPU copy of every weight, for `save_pretrained` (tied weights keep both names). Every rank takes
+    part in each gather; only one that `keep`s holds the copies (the others return {}), so a sharded
+    model's export keeps one full CPU copy, not one per rank."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        whole = full_tensor(tensor.detach())
+        if keep:
+            state[name] = whole.cpu()
+    return state
 
 
 def share_prompts(prompts: list, seed: int, group) -> tuple[list, int, int]:

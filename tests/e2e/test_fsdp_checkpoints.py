@@ -41,7 +41,7 @@ def two_ranks(run_dir, cache_dir, *overrides):
     return result.stdout + result.stderr
 
 
-@pytest.mark.slow  # three 2-process runs: about 2 minutes on 2 cores
+@pytest.mark.slow  # two 2-process runs: about 80 s on 2 cores
 def test_sharded_checkpoints_resume_with_last_leave_the_reference_out_and_export(tmp_path, cache_dir, make_cfg):
     from torch.distributed.checkpoint import FileSystemReader
 
@@ -71,10 +71,12 @@ def test_sharded_checkpoints_resume_with_last_leave_the_reference_out_and_export
     meta = torch.load(first / SHARDED_METADATA, weights_only=False)
     assert meta["tinyzero"]["reference_sha256"] == weights_sha256(load_policy(make_cfg().model.path))
 
-    # stopped after step 1, launched again beside it with ckpt_path=last: step 2 as if never stopped
+    # a run stopped after step 1 (its checkpoint and history, as the whole run wrote them), and one launched
+    # beside it with ckpt_path=last: step 2 as if never stopped
     sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    two_ranks(sweep / "a", cache_dir, "data.max_steps=1", "callbacks.checkpoint.save_hf=false")
+    (sweep / "a" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(first, sweep / "a" / "checkpoints" / first.name)
+    shutil.copy(whole / "metrics.csv", sweep / "a" / "metrics.csv")
     output = two_ranks(
         sweep / "b", cache_dir, "data.max_steps=2", "callbacks.checkpoint.save_hf=false", "ckpt_path=last"
     )

@@ -391,7 +391,7 @@ def test_eval_script_reproduces_the_logged_accuracy(make_cfg, tmp_path):
         )
         assert again == result, label
         shutil.rmtree(policy, ignore_errors=True)
-    assert (tmp_path / "without" / "policy_step_1" / "config.json").exists()
+    assert (tmp_path / "without" / "step_1" / "policy" / "config.json").exists()
 
 
 @pytest.mark.slow  # over 20 s on 2 cores: in `make test`, not in the quick `-m "not slow"` run

@@ -82,7 +82,7 @@ class RLCheckpoint(L.Callback):
             for name, model in (("policy", module.policy), ("critic", module.critic)):
                 if model is None:
                     continue
-                state = full_state_dict(model)
+                state = full_state_dict(model, keep=trainer.is_global_zero)
                 if trainer.is_global_zero:
                     model.save_pretrained(export_tmp / name, state_dict=state)
                     module.tokenizer.save_pretrained(export_tmp / name)
