@@ -63,15 +63,20 @@ def offloads(cfg, key: str) -> bool:
     return bool(cfg.fsdp[key]) and shards_with_fsdp2(cfg) and on_gpu(cfg)
 
 
+def uses_critic(cfg) -> bool:
+    """Whether the recipe's advantage estimator trains a critic (the estimators' own registry says)."""
+    from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
+
+    return ADVANTAGE_ESTIMATORS[cfg.algorithm.adv_estimator].needs_critic
+
+
 def checkpoint_bytes_per_rank(cfg) -> float:
     """What the most loaded rank writes per checkpoint, computed from the shapes (not measured): the
     policy's and, with a critic, the critic's weights and AdamW's two moments in `model.dtype`; split over
     the ranks when sharded (`trainer.strategy.save_distributed_checkpoint`), else all on rank 0. The
     frozen reference is never saved."""
-    from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
-
     shape = model_shape(cfg.model)
-    heads = ["lm"] + (["value"] if ADVANTAGE_ESTIMATORS[cfg.algorithm.adv_estimator].needs_critic else [])
+    heads = ["lm"] + (["value"] if uses_critic(cfg) else [])
     total = sum(3 * shape.params(head) * dtype_bytes(cfg.model.dtype) for head in heads)
     sharded = shards_with_fsdp2(cfg) and cfg.trainer.strategy.get("save_distributed_checkpoint", False)
     return total / ranks(cfg) if sharded else total
@@ -101,7 +106,7 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         response_len=cfg.rollout.max_new_tokens,
         micro_batch=policy_micro_batch(cfg),
         log_prob_micro_batch=min(cfg.algorithm.log_prob_micro_batch_size, responses_per_rank(cfg)),
-        use_critic=cfg.algorithm.adv_estimator == "gae",
+        use_critic=uses_critic(cfg),
         model_dtype=cfg.model.dtype,
         param_dtype=param_dtype,
         rollout_dtype=cfg.rollout.dtype,
