@@ -93,7 +93,7 @@ def stage_rollout_engines(out: Path, small: bool) -> tuple[list[dict], bool]:
         passed &= equal + ties == len(prompts)
     rows += sleep_cycle_rows(path, prompts, device) if device == "cuda" else []
     benchmark_rows, benchmarks_passed = run_benchmarks(
-        out, "rollout_benchmarks", "benchmarks/test_bench_rollout.py", "cpu" if small else "cuda", small
+        out, "rollout_benchmarks", "benchmarks/test_bench_rollout.py", "cpu" if small else "cuda", in_process=small
     )
     return rows + benchmark_rows, passed and benchmarks_passed
 

@@ -1,5 +1,5 @@
 """What the stages share: running `pytest` over the benchmarks (stage b, and stage f's rollout cases)
-and `scripts/train.py` (stages c and d) in subprocesses, and reading what a run wrote."""
+and `scripts/train.py` (stages c and d), and reading what a run wrote."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_benchmarks(out: Path, name: str, target: str, selection: str, small: bool) -> tuple[list[dict], bool]:
+def run_benchmarks(out: Path, name: str, target: str, selection: str, in_process: bool) -> tuple[list[dict], bool]:
     """`pytest <target> -k <selection>` in `benchmarks/`'s JSON mode: its rows (`<name>.json`, log
     beside it) and whether it passed. On a GPU in a process of its own (memory this one cached would
     count against it); at toy sizes in this one, which has already paid for the imports."""
     results = out / f"{name}.json"
     arguments = ["-q", str(ROOT / target), "-k", selection, "-p", "no:cacheprovider"]
-    if small:
+    if in_process:
         log = io.StringIO()
         with patch.dict(os.environ, {"BENCH_OUT": str(results)}), redirect_stdout(log), redirect_stderr(log):
             passed = pytest.main([f"--rootdir={ROOT}", *arguments]) == 0
@@ -49,7 +49,7 @@ def stage_benchmarks(out: Path, small: bool) -> tuple[list[dict], bool]:
     # torch.compile cases take minutes to compile on each shape; the issue's table has their numbers
     # (rollout engines are stage f's)
     selection = "test_cpu_loop_gae and 256" if small else "cuda and not compile and not rollout"
-    rows, passed = run_benchmarks(out, "benchmarks", "benchmarks", selection, small)
+    rows, passed = run_benchmarks(out, "benchmarks", "benchmarks", selection, in_process=small)
     return rows, passed and bool(rows)
 
 
