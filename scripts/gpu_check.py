@@ -6,7 +6,7 @@ limit; a failed or stuck stage does not stop the rest; a summary table prints la
 lands in one folder.
 
     python scripts/gpu_check.py --budget 360 --out "$OUT/gc"   # on a lent GPU: the whole run in 6 minutes
-    python scripts/gpu_check.py --cpu --budget 240 --out DIR    # every stage at toy sizes on CPU (CI)
+    python scripts/gpu_check.py --cpu --budget 120 --out DIR    # every stage at toy sizes on CPU (CI)
     python scripts/gpu_check.py --stages a c                    # some stages only
 
 With `--budget S` each stage's limit is its share of what is left of S (shares in proportion to the
@@ -18,21 +18,26 @@ run, vLLM absent, reads "not run"), 1 one failed or timed out, 2 no CUDA device 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if "--cpu" in sys.argv[1:]:  # Triton picks the interpreter when a kernel is defined: before the stages import one
+    os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, str(ROOT / "tests"))  # the stages: tests/gpu/, beside the float64 references
+from gpu.forked import run_command, run_forked, warm_up  # noqa: E402
+
 # seconds per stage on one H100/H200, in the order they run; --cpu uses its own
 LIMITS = {"f": 240, "a": 45, "b": 90, "c": 330, "d": 90, "e": 240}
-# in proportion to what each took on 2 Xeon cores (2026-12-02: f 12, a 14, b 11, c 22, d 15, e 3 s), so
-# that on a quiet Xeon each stage's share of `--budget 120` holds it with room to spare
-CPU_LIMITS = {"f": 20, "a": 25, "b": 20, "c": 35, "d": 25, "e": 5}
+# about three times what each took on 2 Xeon cores, forked after the imports (2026-12-03: f 4, a 10, b 4,
+# c 3, d 3, e 0 s; the imports 10 s before them), so that each stage's share of `--budget 120` holds it on a
+# slower CPU (AMD EPYC: about 1.6x) shared with another process
+CPU_LIMITS = {"f": 15, "a": 30, "b": 15, "c": 15, "d": 15, "e": 5}
 SUMMARY_SECONDS = 5  # kept back from the budget for the table
 SUMMARY_CHARS = 11_000  # the table fits the 12 000 characters a lent GPU's output keeps
 VERDICTS = {True: "pass", False: "FAIL", None: "not run"}
@@ -46,8 +51,6 @@ def stage_limits(weights: dict[str, float], remaining: float) -> dict[str, float
 
 def run_stage(stage: str, out: Path, cpu: bool, module: str) -> None:
     """In the child process: run one stage and write its rows and verdict to `stage_<x>.json`."""
-    if cpu:
-        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
     STAGES = importlib.import_module(module).STAGES
 
     name, fn = STAGES[stage]
@@ -83,28 +86,32 @@ def summarize(results: list[dict], limit: int = SUMMARY_CHARS) -> str:
         width = max(0, width - max(1, (len(table) - limit) // max(1, len(results))))
 
 
-def run_stages(stages: list[str], weights: dict, budget: float | None, out: Path, cpu: bool, module: str) -> list:
+def run_stages(
+    stages: list[str], weights: dict, budget: float | None, out: Path, cpu: bool, module: str, started: float
+) -> list:
     """Each stage in its own process, in order, under its share of what is left of `budget` (its own
-    weight in seconds without one); the summary rewritten after each, so a run cut short keeps it."""
+    weight in seconds without one) since `started`; on CPU each a fork of this process, which has paid
+    for the imports; the summary rewritten after each, so a run cut short keeps it."""
     STAGES = importlib.import_module(module).STAGES
-    start_all = time.perf_counter()
+    if cpu:
+        warm_up()
+        print(f"imports done in {time.perf_counter() - started:.0f} s", flush=True)
     results = []
     for i, stage in enumerate(stages):
         name = STAGES[stage][0]
         if budget is None:
             limit = weights[stage]
         else:
-            left = budget - SUMMARY_SECONDS - (time.perf_counter() - start_all)
+            left = budget - SUMMARY_SECONDS - (time.perf_counter() - started)
             limit = max(1.0, stage_limits({s: weights[s] for s in stages[i:]}, left)[stage])
         print(f"[{stage}] {name} (limit {limit:.0f} s)", flush=True)
-        command = [sys.executable, __file__, "--stage", stage, "--out", str(out), "--stage-module", module]
-        command += ["--cpu"] if cpu else []
+        log = out / f"stage_{stage}.log"
         start = time.perf_counter()
-        with open(out / f"stage_{stage}.log", "w") as log:
-            try:
-                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=limit).returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
+        if cpu:
+            code = run_forked(functools.partial(run_stage, stage, out, cpu, module), log, limit)
+        else:
+            command = [sys.executable, __file__, "--stage", stage, "--out", str(out), "--stage-module", module]
+            code = run_command(command, log, limit)
         seconds = time.perf_counter() - start
         path = out / f"stage_{stage}.json"
         partial = out / f"stage_{stage}.partial.json"
@@ -125,6 +132,7 @@ def run_stages(stages: list[str], weights: dict, budget: float | None, out: Path
 
 
 def main() -> int:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="toy sizes on CPU, kernels under the Triton interpreter")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/gpu_check/<time>)")
@@ -155,7 +163,7 @@ def main() -> int:
             return 2
         print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__}) -> {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    results = run_stages(stages, weights, args.budget, out, args.cpu, args.stage_module)
+    results = run_stages(stages, weights, args.budget, out, args.cpu, args.stage_module, started)
     print(summarize(results))
     return 0 if all(r["result"] in ("pass", "not run") for r in results) else 1
 

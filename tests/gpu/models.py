@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import torch
@@ -42,3 +44,7 @@ def build_random_model(directory: Path, architecture: dict, device: str) -> Path
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+if __name__ == "__main__":  # python -m gpu.models DIR ARCHITECTURE_JSON DEVICE (stage c, in a process of its own)
+    build_random_model(Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3])

@@ -18,7 +18,7 @@ from unittest.mock import patch
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from .forked import ROOT, run_python
 
 
 def run_benchmarks(out: Path, name: str, target: str, selection: str, in_process: bool) -> tuple[list[dict], bool]:
@@ -94,17 +94,14 @@ def last_metrics(run_dir: Path) -> dict[str, dict[str, float]]:
     return by_step
 
 
-def train(out: Path, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, Path, float]:
+def train(out: Path, name: str, overrides: list[str], forked: bool) -> tuple[int, Path, float]:
+    """`scripts/train.py <overrides>` into `out/<name>` (log beside it), in a fork of this process
+    (`forked`, on CPU) or a process of its own: exit status, run folder, nvidia-smi's peak GiB."""
     run_dir = out / name
+    arguments = ["scripts/train.py", *overrides, f"hydra.run.dir={run_dir}", "logger=csv"]
     with GpuMemorySampler() if torch.cuda.is_available() else nullcontext() as sampler:
-        result = subprocess.run(
-            [sys.executable, "scripts/train.py", *overrides, f"hydra.run.dir={run_dir}", "logger=csv"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-    (out / f"{name}.log").write_text(result.stdout + result.stderr)
-    return result, run_dir, (sampler.peak_mib / 1024 if sampler else math.nan)
+        code = run_python(arguments, out / f"{name}.log", forked)
+    return code, run_dir, (sampler.peak_mib / 1024 if sampler else math.nan)
 
 
 def save_partial(out: Path, stage: str, rows: list[dict]) -> None:

@@ -5,12 +5,11 @@ tiny recipe on the GPU."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .forked import run_python
 from .runs import ROOT, last_metrics, save_partial, train
 
 PHASES = ("time/generate", "time/experience", "time/update")
@@ -34,12 +33,10 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
         architecture.update(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
         architecture.update(num_attention_heads=4, num_key_value_heads=2)
     model_dir = out / "model_1.5b_shape"
-    # built in a process of its own: memory this process kept cached would count against the runs
-    builder = "import json, pathlib, sys; sys.path.insert(0, sys.argv[4]); from gpu.models import build_random_model; "
-    builder += "build_random_model(pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3])"
-    device = "cpu" if small else "cuda"
-    arguments = [str(model_dir), json.dumps(architecture), device, str(ROOT / "tests")]
-    subprocess.run([sys.executable, "-c", builder, *arguments], check=True)
+    # built in a process of its own (a fork on CPU): memory this process kept cached would count against the runs
+    arguments = [str(model_dir), json.dumps(architecture), "cpu" if small else "cuda"]
+    if run_python(["-m", "gpu.models", *arguments], out / "model_1.5b_shape.log", forked=small) != 0:
+        return [{"error": f"building the model failed: see {out / 'model_1.5b_shape.log'}"}], False
     common = [
         "experiment=countdown_1.5b",
         f"model.path={model_dir}",
@@ -64,10 +61,10 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
     variants = {"triton fused": VARIANTS["triton fused"]} if small else VARIANTS
     rows, ok = [], True
     for name, variant in variants.items():
-        result, run_dir, smi_peak = train(out, f"ppo_1.5b_{name.replace(' ', '_')}", [*common, *variant])
+        code, run_dir, smi_peak = train(out, f"ppo_1.5b_{name.replace(' ', '_')}", [*common, *variant], forked=small)
         metrics = last_metrics(run_dir)
         steps = sorted((s for s in metrics if s and "time/generate" in metrics[s]), key=float)
-        row = {"variant": name, "returncode": result.returncode, "steps": len(steps)}
+        row = {"variant": name, "returncode": code, "steps": len(steps)}
         if steps:
             last = metrics[steps[-1]]
             row.update({phase.split("/")[1] + "_s": round(last[phase], 2) for phase in PHASES if phase in last})
@@ -81,7 +78,7 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
                 row[f"plan/measured {phase}"] = round(row[f"plan_{phase}_gib"] / row[f"{phase}_peak_gib"], 3)
         rows.append(row)
         save_partial(out, "c", rows)
-        ok = ok and result.returncode == 0 and len(steps) == 2
+        ok = ok and code == 0 and len(steps) == 2
     return rows, ok
 
 
@@ -97,18 +94,18 @@ def stage_tiny_recipe(out: Path, small: bool) -> tuple[list[dict], bool]:
     else:
         overrides += ["trainer=gpu", "data.max_steps=30", "callbacks.rollout.eval_every_n_steps=30"]
         overrides += [f"paths.data_dir={out}/data"]
-    result, run_dir, smi_peak = train(out, "countdown_tiny", overrides)
+    code, run_dir, smi_peak = train(out, "countdown_tiny", overrides, forked=small)
     metrics = last_metrics(run_dir)
     steps = [s for s in metrics if s and "time/step" in metrics[s]]
     accuracy = {s: metrics[s]["val/accuracy"] for s in metrics if s and "val/accuracy" in metrics[s]}
     log = (out / "countdown_tiny.log").read_text()
     backend = next((line.split("backend: ")[1] for line in log.splitlines() if "GAE backend: " in line), "?")
     row = {
-        "returncode": result.returncode,
+        "returncode": code,
         "steps": len(steps),
         "s_per_step": round(sum(metrics[s]["time/step"] for s in steps) / max(len(steps), 1), 3),
         "kernels": backend.strip(),
         "val_accuracy": {int(float(s)): round(a, 3) for s, a in sorted(accuracy.items(), key=lambda x: float(x[0]))},
         "nvidia_smi_peak_gib": round(smi_peak, 2),
     }
-    return [row], result.returncode == 0 and len(steps) == (2 if small else 30)
+    return [row], code == 0 and len(steps) == (2 if small else 30)
