@@ -31,4 +31,4 @@ demo-report: $(VENV)/.installed-base
 	$(BIN)/python scripts/demo_report.py
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
