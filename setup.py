@@ -27,7 +27,15 @@ setup(
     extras_require={
         # triton: the kernels' compiler, which a CUDA torch brings itself; on a CPU its interpreter
         # runs the kernel tests, so it is a test dependency there (1 GB, no wheels off Linux)
-        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff", "triton>=3.2; platform_system == 'Linux'"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3",
+            "hypothesis>=6",
+            "ruff",
+            "triton>=3.2; platform_system == 'Linux'",
+            "peft>=0.17",  # the LoRA tests
+        ],
+        "lora": ["peft>=0.17"],  # model.lora.rank > 0
         "gpu": ["vllm>=0.33,<0.34"],
         "flash": ["flash-attn>=2.7"],
         "wandb": ["wandb"],

@@ -18,6 +18,7 @@ from tinyzero.distributed import sum_ranks
 from tinyzero.errors import ConfigError
 from tinyzero.kernels.backend import resolve_backend
 from tinyzero.models.loading import load_critic, load_policy, weights_sha256
+from tinyzero.models.lora import adapters_disabled, add_lora, frozen_names, lora_enabled
 from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
 from tinyzero.ppo.experience import (
     Batch,
@@ -78,6 +79,10 @@ class PPOModule(L.LightningModule):
         # its weights' hash is, so a resume onto other reference weights is refused
         self.frozen: dict[str, torch.nn.Module] = {}
         self.reference_sha256: str | None = None
+        # model.lora: adapters on policy and critic; the reference is the policy with them disabled, and the
+        # frozen base weights are reloaded from model.path, not checkpointed (on_save_checkpoint)
+        self.lora = lora_enabled(model.get("lora"))
+        self.strict_loading = not self.lora
 
     @property
     def reference(self) -> torch.nn.Module | None:
@@ -91,8 +96,14 @@ class PPOModule(L.LightningModule):
         self.policy = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation)
         if self.use_critic:
             self.critic = load_critic(cfg.critic_path, cfg.dtype, cfg.attn_implementation)
-        reference = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation).eval().requires_grad_(False)
-        self.frozen["reference"], self.reference_sha256 = reference, weights_sha256(reference)
+        if self.lora:
+            self.reference_sha256 = weights_sha256(self.policy)  # the base weights: the reference
+            add_lora(self.policy, cfg.lora, "policy")
+            if self.critic is not None:
+                add_lora(self.critic, cfg.lora, "critic")
+        else:
+            reference = load_policy(cfg.path, cfg.dtype, cfg.attn_implementation).eval().requires_grad_(False)
+            self.frozen["reference"], self.reference_sha256 = reference, weights_sha256(reference)
         if cfg.gradient_checkpointing:
             for model in (self.policy, self.critic):
                 if model is not None:
@@ -107,8 +118,8 @@ class PPOModule(L.LightningModule):
                     shard_fsdp2(model, self.device_mesh["data_parallel"], **policies)
 
     def on_fit_start(self) -> None:
-        if self.device_mesh is None:  # FSDP2 placed the reference's shards; unregistered, nothing else moves it
-            self.reference.to(self.device)
+        if self.device_mesh is None and self.reference is not None:
+            self.reference.to(self.device)  # FSDP2 placed the reference's shards; unregistered, nothing else moves it
         # decided once, where the tensors will live
         self.kernels_backend, reason = resolve_backend(self.kernels_backend, self.device)
         log.info("log-prob, entropy and GAE backend: %s (%s)", self.kernels_backend, reason)
@@ -182,7 +193,7 @@ class PPOModule(L.LightningModule):
             self.policy.eval()
             old_logprobs = self.per_token(self.logprobs_only(self.policy), batch)
             self.policy.train()
-        ref_logprobs = self.per_token(self.logprobs_only(self.reference), batch)
+        ref_logprobs = self.reference_logprobs(batch)
         token_rewards = sparse_token_rewards(scores, mask)
         if self.kl_in_reward:
             kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_penalty) * mask
@@ -215,6 +226,16 @@ class PPOModule(L.LightningModule):
         metrics["advantages/min"] = valid.min().item() if mask.any() else 0.0
         experience = Experience(mask, advantages, ref_logprobs, old_logprobs, values, returns)
         return experience, metrics
+
+    def reference_logprobs(self, batch: Batch) -> torch.Tensor:
+        """The reference's log-probs `[B, R]`: the frozen copy's, or with LoRA the policy's with its adapters off."""
+        if self.reference is not None:
+            return self.per_token(self.logprobs_only(self.reference), batch)
+        self.policy.eval()
+        with adapters_disabled(self.policy):
+            ref_logprobs = self.per_token(self.logprobs_only(self.policy), batch)
+        self.policy.train()
+        return ref_logprobs
 
     def mini_batch_rows(self, batch: Batch) -> int:
         """Sequences per optimizer step on this rank: ppo_mini_batch_size counts prompts over all
@@ -300,6 +321,14 @@ class PPOModule(L.LightningModule):
             "rng": global_rng_state(),
             "reference_sha256": self.reference_sha256,
         }
+        if self.lora:  # the adapters and the value head; the base is model.path's, checked by its hash
+            for name in self.frozen_weights():
+                del checkpoint["state_dict"][name]
+
+    def frozen_weights(self) -> set[str]:
+        """The state-dict names of the policy's and critic's frozen base weights (a LoRA run's)."""
+        names = frozen_names(self.policy, "policy.")
+        return names | (frozen_names(self.critic, "critic.") if self.critic is not None else set())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A checkpoint of a run's last step says its epoch's data ran out; a resumed run with more
@@ -315,6 +344,11 @@ class PPOModule(L.LightningModule):
             )
         for key in [k for k in checkpoint.get("state_dict", {}) if k.startswith("reference.")]:
             del checkpoint["state_dict"][key]  # saved before the reference was left out
+        if self.lora:  # loaded with strict=False (the base is not saved): every trained weight must be there
+            trained = set(self.state_dict()) - self.frozen_weights()
+            missing = sorted(trained - set(checkpoint["state_dict"]))
+            if missing:
+                raise ConfigError(f"the checkpoint lacks {len(missing)} trained LoRA weights, e.g. {missing[0]}")
         self.rl_step = state["rl_step"]
         self.kl_ctrl.load_state_dict(state["kl_ctrl"])
         self.shuffle.set_state(state["shuffle"])

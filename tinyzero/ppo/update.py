@@ -151,7 +151,8 @@ class NonfiniteStreaks:
 
 def adamw_with_warmup(model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int) -> dict:
     """AdamW (β = 0.9, 0.999) and a linear warm-up to `lr` over `warmup_steps` updates, then constant."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    trainable = [param for param in model.parameters() if param.requires_grad]  # LoRA: the adapters alone
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     warmup = max(1, warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     return {"optimizer": optimizer, "lr_scheduler": schedule}

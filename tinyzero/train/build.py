@@ -19,6 +19,7 @@ from tinyzero.data.sources import held_out_rows
 from tinyzero.errors import ConfigError
 from tinyzero.models.attention import resolve_attention
 from tinyzero.models.loading import load_tokenizer
+from tinyzero.models.lora import lora_enabled
 from tinyzero.ppo.module import PPOModule
 from tinyzero.rollout.base import SamplingParams
 from tinyzero.rollout.select import resolve_engine
@@ -68,6 +69,27 @@ def recipe_name(cfg: DictConfig) -> str:
     return "this recipe"
 
 
+def check_lora_and_offload(cfg: DictConfig) -> None:
+    """LoRA needs peft and, for now, one device; FSDP2's CPU offload needs its device mesh (trainer=fsdp,
+    one GPU or more): a one-device trainer would silently ignore fsdp.offload_*."""
+    from tinyzero.train.memory import shards_with_fsdp2
+
+    if lora_enabled(cfg.model.get("lora")):
+        if importlib.util.find_spec("peft") is None:
+            raise ConfigError("model.lora.rank > 0 needs peft: pip install -e '.[lora]'")
+        if shards_with_fsdp2(cfg):
+            raise ConfigError(
+                "model.lora.rank > 0 runs on one device for now (trainer=gpu or cpu); set model.lora.rank=0 "
+                "for trainer=fsdp"
+            )
+    offloads = [key for key in ("offload_optimizer", "offload_reference") if cfg.fsdp[key]]
+    if offloads and not shards_with_fsdp2(cfg):
+        raise ConfigError(
+            f"{', '.join('fsdp.' + key + '=true' for key in offloads)}: FSDP2's CPU offload needs a device mesh, "
+            "which trainer=fsdp builds (trainer=fsdp trainer.devices=1 on one GPU); this trainer would ignore it"
+        )
+
+
 def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     """Fail on a wrong value before anything loads, naming the key and what is allowed (each key's entry
     in tinyzero/train/schema.py, then the rules across keys here); `overrides` (the command line's, from
@@ -90,6 +112,7 @@ def validate(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     source = str(cfg.data.source)
     if source.startswith(LOCAL_PATH_PREFIXES) and not Path(source).expanduser().exists():
         raise ConfigError(f"data.source={source} does not exist (a folder of parquet files, a hub name or 'generate')")
+    check_lora_and_offload(cfg)
     if "wandb" in (cfg.get("logger") or {}) and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger=wandb needs the wandb package: pip install -e '.[wandb]'")
     if overrides:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import lightning as L
 
-from tinyzero.distributed import full_state_dict
 from tinyzero.train.checkpointing import CONFIG_KEY, prune, publish
+from tinyzero.train.export import save_hf
 from tinyzero.train.run_log import METRICS_FILE, RunLog
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,8 @@ class RLCheckpoint(L.Callback):
             for name, model in (("policy", module.policy), ("critic", module.critic)):
                 if model is None:
                     continue
-                state = full_state_dict(model, keep=trainer.is_global_zero)
-                if trainer.is_global_zero:
-                    model.save_pretrained(export_tmp / name, state_dict=state)
-                    module.tokenizer.save_pretrained(export_tmp / name)
+                for folder in save_hf(model, name, module.model_cfg, export_tmp, keep=trainer.is_global_zero):
+                    module.tokenizer.save_pretrained(folder)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             publish(temporary, path)

@@ -9,17 +9,48 @@ from pathlib import Path
 
 import torch
 
+from tinyzero.distributed import full_state_dict
 from tinyzero.errors import ConfigError
 from tinyzero.models.loading import load_critic, load_policy, load_tokenizer
+from tinyzero.models.lora import add_lora, frozen_names, has_adapters, lora_enabled, merged_weights
 from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
 from tinyzero.train.checkpointing import saved_config, verify_checkpoint
 
 ROLES = ("policy", "critic")
+LOADERS = {"policy": load_policy, "critic": load_critic}
+
+
+def save_hf(model: torch.nn.Module, role: str, model_cfg, out: Path, keep: bool = True) -> list[Path]:
+    """`out/<role>`, a Hugging Face folder of `model`'s weights; with LoRA the adapters merged in (the base
+    loaded from `model.path` / `model.critic_path` and filled with the merged weights) and the adapters
+    alone in `out/<role>_adapter` (peft's format: `PeftModel.from_pretrained(base, folder)`). Every rank
+    takes part in the gathers; only one that `keep`s writes. Returns the folders written."""
+    if not has_adapters(model):
+        state = full_state_dict(model, keep=keep)
+        if keep:
+            model.save_pretrained(out / role, state_dict=state)
+        return [out / role] if keep else []
+    merged = {name: tensor.cpu() for name, tensor in merged_weights(model)}
+    if not keep:
+        return []
+    base = LOADERS[role](model_cfg["path"] if role == "policy" else model_cfg["critic_path"], model_cfg["dtype"])
+    params = dict(base.named_parameters())  # tied weights once, as `merged_weights` yields them
+    if params.keys() != merged.keys():
+        raise RuntimeError(
+            f"merged {role} weights do not match {role}'s names: {sorted(params.keys() ^ merged.keys())[:3]}"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(merged[name])
+    base.save_pretrained(out / role)
+    model.save_pretrained(out / f"{role}_adapter")
+    return [out / role, out / f"{role}_adapter"]
 
 
 def load_role(checkpoint: Path, role: str, model: torch.nn.Module) -> None:
     """Fill `model` in place with the checkpoint's weights of `role` (its keys `<role>.*`): from a file, or
-    from a sharded folder (torch.distributed.checkpoint, in this process alone: `no_dist`)."""
+    from a sharded folder (torch.distributed.checkpoint, in this process alone: `no_dist`). A LoRA run's
+    checkpoint holds its adapters and value head only: the frozen base stays as `model` loaded it."""
     prefix = f"{role}."
     if checkpoint.is_dir():
         from torch.distributed.checkpoint import load
@@ -29,13 +60,18 @@ def load_role(checkpoint: Path, role: str, model: torch.nn.Module) -> None:
         model.load_state_dict({name[len(prefix) :]: tensor for name, tensor in state["state_dict"].items()})
         return
     saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)["state_dict"]
-    model.load_state_dict({name[len(prefix) :]: tensor for name, tensor in saved.items() if name.startswith(prefix)})
+    state = {name[len(prefix) :]: tensor for name, tensor in saved.items() if name.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - frozen_names(model):
+        raise ConfigError(
+            f"{checkpoint}'s {role} does not match its run's model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, roles: tuple[str, ...] = ROLES) -> dict[str, Path]:
     """Write `out/<role>` for each of `roles` the checkpoint's run trained (the critic only with PPO), each
-    model built from the run's `model.path` / `model.critic_path` and filled with the checkpoint's weights;
-    returns {role: folder}."""
+    model built from the run's `model.path` / `model.critic_path` and filled with the checkpoint's weights
+    (with LoRA, merged, and the adapters in `out/<role>_adapter`: `save_hf`); returns {role: folder}."""
     checkpoint, out = Path(checkpoint), Path(out)
     verify_checkpoint(checkpoint)
     config = saved_config(checkpoint)
@@ -48,9 +84,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, roles: tuple[str, ...] = 
         if not trained[role]:
             continue
         base = model_cfg["path"] if role == "policy" else model_cfg["critic_path"]
-        model = (load_policy if role == "policy" else load_critic)(base, model_cfg["dtype"])
+        model = LOADERS[role](base, model_cfg["dtype"])
+        if lora_enabled(model_cfg.get("lora")):
+            add_lora(model, model_cfg["lora"], role)
         load_role(checkpoint, role, model)
-        model.save_pretrained(out / role)
-        load_tokenizer(model_cfg["path"]).save_pretrained(out / role)
+        for folder in save_hf(model, role, model_cfg, out):
+            load_tokenizer(model_cfg["path"]).save_pretrained(folder)
         written[role] = out / role
     return written

@@ -137,6 +137,17 @@ class Free(Kind):
     allowed: str = "any value"
 
 
+@dataclass(frozen=True)
+class Names(Kind):
+    """A non-empty list of names (module names, e.g. LoRA's target modules)."""
+
+    allowed: str = "a non-empty list of names, e.g. [q_proj, v_proj]"
+
+    def ok(self, value: Any) -> bool:
+        names = OmegaConf.to_object(value) if OmegaConf.is_list(value) else value
+        return isinstance(names, list) and bool(names) and all(isinstance(name, str) and name for name in names)
+
+
 FLAG = OneOf((True, False))
 INT = Count(None)
 NUMBER = Number()

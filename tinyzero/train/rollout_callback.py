@@ -13,7 +13,8 @@ import torch
 
 from tinyzero.analysis.evaluate import wilson_interval
 from tinyzero.analysis.samples import HELDOUT_DIR
-from tinyzero.distributed import gather_rows, iter_full_weights
+from tinyzero.distributed import gather_rows
+from tinyzero.models.lora import engine_weights
 from tinyzero.ppo.experience import score_rollouts
 from tinyzero.rollout.base import RolloutEngine, SamplingParams
 from tinyzero.train.console import format_samples, show
@@ -61,10 +62,10 @@ class RolloutCallback(L.Callback):
             )
 
     def push_weights(self, module) -> float:
-        """Wake the weights and stream the current policy in; returns the seconds it took."""
+        """Wake the weights and stream the current policy in (LoRA's adapters merged); returns the seconds it took."""
         start = time.perf_counter()
         self.engine.wake_up(["weights"])
-        self.engine.load_weights(iter_full_weights(module.policy))
+        self.engine.load_weights(engine_weights(module.policy))
         self.engine.reset_prefix_cache()
         return time.perf_counter() - start
 

@@ -22,7 +22,7 @@ from tinyzero.ppo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
 from tinyzero.rollout.select import ENGINE_KINDS
 from tinyzero.rollout.vllm import SLEEP_LEVELS
 from tinyzero.tasks import TEMPLATES
-from tinyzero.train.kinds import FLAG, INT, NUMBER, TEXT, Count, Free, Key, Number, OneOf, Section, Text, section
+from tinyzero.train.kinds import FLAG, INT, NUMBER, TEXT, Count, Free, Key, Names, Number, OneOf, Section, Text, section
 
 POSITIVE = Count(1)
 STEPS = Count(0)  # 0: never
@@ -93,6 +93,10 @@ MODEL = section(
         "gradient_checkpointing": (FLAG, "recompute activations in the backward pass"),
         "autocast_bf16": (FLAG, "compute in bfloat16 under autocast"),
         "share_prompt_forward": (FLAG, "each distinct prompt of a micro-batch runs once in the log-prob passes"),
+        "lora.rank": (STEPS, "LoRA's rank r for the policy and the critic (peft); 0: full-parameter training"),
+        "lora.alpha": (Number(0), "LoRA's scale numerator: the update is (alpha / rank) * B @ A"),
+        "lora.dropout": (FRACTION, "dropout on LoRA's input"),
+        "lora.target_modules": (Names(), "the linear layers that get adapters (the head and embeddings never do)"),
         "pretrain": (Section(), "null: a downloaded base; else how the tiny base is pre-trained (below)"),
         "pretrain.task": (Text(nullable=True), "the task these settings are made for (a guard on task=)", PRETRAINED),
         "pretrain.num_texts": (POSITIVE, "pre-training texts", PRETRAINED),
