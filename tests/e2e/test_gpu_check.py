@@ -45,8 +45,8 @@ def test_cpu_mode_runs_every_stage_and_prints_the_summary_last(tmp_path):
     assert float32["equal_rows"] == "6/6" and bfloat16["check"].endswith("(tiny, bfloat16)")
     assert [row["impl"] for row in summary["f"]["rows"][2:]] == ["hf", "compiled"]
     assert result.stdout.rstrip().endswith((tmp_path / "summary.md").read_text().rstrip())
-    # the first stage's limit is its share of the budget (f: 15 of the CPU limits' 95 s), not the whole of it
-    assert summary["f"]["limit"] <= 115 * 15 / 95  # as written: rounded to 0.1 s
+    # the first stage's limit is its share of the budget (f: 30 of the CPU limits' 105 s), not the whole of it
+    assert summary["f"]["limit"] <= 115 * 30 / 105  # as written: rounded to 0.1 s
 
 
 def test_a_stuck_stage_times_out_at_its_share_and_the_rest_still_run(tmp_path):
