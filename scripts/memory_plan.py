@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
-from tinyzero.train.memory import checkpoint_bytes_per_rank, plan_for
+from tinyzero.train.memory import checkpoint_bytes_per_rank, host_bytes, plan_for
 from tinyzero.train.memory_advice import advice
 from tinyzero.train.memory_estimate import GIB
 
@@ -44,9 +44,9 @@ def main(overrides: list[str]) -> int:
         print(plan.table())
         print(
             f"checkpoint: {checkpoint_bytes_per_rank(cfg) / GIB:.1f} GiB per rank, computed from the shapes "
-            "(weights and AdamW moments of the trained models; the reference is not saved)"
+            "(the trained weights and their AdamW moments; neither the reference nor a LoRA run's frozen base)"
         )
-        problems = plan.check(gpu_bytes)
+        problems = plan.check(gpu_bytes, host_bytes(cfg))
         print("\n".join(problems) if problems else f"fits in {cfg.gpu_memory_gib} GiB per GPU")
         for line in advice(cfg, plan, gpu_bytes, engine, recipe_with):
             print(line)

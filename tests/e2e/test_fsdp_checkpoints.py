@@ -134,3 +134,16 @@ def assert_rollouts_split_across_ranks(run_dir, cfg) -> None:
             assert all(indices.count(i) == cfg.rollout.n for i in set(indices))
     heldout = [json.loads(line) for line in open(run_dir / "heldout" / "step_2.jsonl")]
     assert [row["index"] for row in heldout] == list(range(cfg.data.test_size))
+
+
+@pytest.mark.slow  # a process group of one and a run: about 30 s on 2 cores
+def test_a_one_device_mesh_trains_as_the_one_gpu_offload_recipes_build_it(tmp_path, cache_dir, make_cfg):
+    """countdown_1.5b_24gb and countdown_3b_48gb run FSDP2 on a mesh of one GPU (trainer=fsdp, devices=1),
+    where CPUOffloadPolicy applies: here the same mesh on one CPU rank (offload itself needs CUDA)."""
+    build(make_cfg())
+    run = tmp_path / "one" / "run"
+    run.parent.mkdir()
+    two_ranks(run, cache_dir, "trainer.devices=1", "data.max_steps=2", "algorithm.critic_warmup=0")
+    rows = step_rows(run)
+    assert [step for step, row in rows.items() if "actor/pg_loss" in row] == [1, 2]
+    assert (run / "checkpoints" / "step_2.ckpt").is_dir()  # the strategy's sharded checkpoint, one rank's shards

@@ -174,3 +174,32 @@ def test_gpu_check_without_cuda_leaves_no_folder(tmp_path):
     result = run(os.path.join(ROOT, "scripts/gpu_check.py"), cwd=tmp_path)
     assert result.returncode == 2 and "no CUDA device" in result.stdout
     assert os.listdir(tmp_path) == [] and listing(os.path.join(ROOT, "outputs")) == outputs
+
+
+@pytest.mark.parametrize(
+    "name, gib", [("countdown_3b_lora_24gb", 24), ("countdown_1.5b_24gb", 24), ("countdown_3b_48gb", 48)]
+)
+def test_the_one_gpu_recipes_fit_their_card_with_lora_and_offload_on_lines_of_their_own(recipe, name, gib):
+    from tinyzero.distributed import fsdp2_policies
+    from tinyzero.train.build import validate
+    from tinyzero.train.memory import offloads
+
+    cfg, _ = recipe([f"experiment={name}"])
+    validate(cfg, [])  # neither LoRA nor offload refused where the recipe uses them
+    assert (cfg.task.name, cfg.data.template, cfg.rollout.max_new_tokens) == ("countdown", "base", 1024)  # TinyZero's
+    plan = plan_for(cfg, gib * GIB, "vllm")
+    assert plan.fits(gib * GIB), plan.table()
+    full = plan_for(recipe([f"experiment={name}", "model.lora.rank=0", "fsdp.offload_optimizer=false"])[0], 1, "vllm")
+    if cfg.model.lora.rank:
+        assert plan.train["policy LoRA weights + AdamW moments"] < 0.2 * plan.train["policy frozen base weights"]
+        assert "reference params (sharded)" not in plan.train and not plan.host.get("policy offloaded shards")
+        assert plan.train_total < full.train_total - full.train["policy AdamW moments (sharded)"]
+    else:
+        # the one-GPU mesh applies the offload: the shards leave the GPU for pinned host memory
+        assert offloads(cfg, "offload_optimizer") and cfg.trainer.devices == 1
+        assert "offload_policy" in fsdp2_policies(cfg.fsdp, "policy", "cuda")
+        assert plan.train["policy params (sharded)"] == 0 < plan.host["policy offloaded shards, grads, AdamW"]
+        assert plan.train["gathered root + 2 layers"] > 0
+        assert plan.train_total < full.train_total
+    assert plan.check(gib * GIB, host_bytes=64 * GIB) == []
+    assert plan.check(gib * GIB, host_bytes=plan.host_total / 2)[-1].startswith("offload and the sleeping engine")

@@ -41,8 +41,13 @@ def lora_config(lora_cfg, role: str):
 
 def add_lora(model: torch.nn.Module, lora_cfg, role: str) -> torch.nn.Module:
     """Inject fresh adapters (B = 0: the adapted model starts equal to the base) and freeze everything else;
-    returns `model`. A target that matches no layer is refused by peft, naming it."""
+    returns `model`. The trained weights are float32 whatever the base's dtype (as peft's
+    `autocast_adapter_dtype`): a bfloat16 AdamW update of 1e-5 would round away. A target that matches no
+    layer is refused by peft, naming it."""
     model.add_adapter(lora_config(lora_cfg, role))
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
     return model
 
 

@@ -31,6 +31,7 @@ RUN_INDEPENDENT_KEYS = (
     "model.pretrain.task",  # a guard on task=, not a setting
     "ckpt_path",
     "gpu_memory_gib",
+    "host_memory_gib",
     "sweep_job_process",
     "paths",
     "logger",

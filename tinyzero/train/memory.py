@@ -11,11 +11,13 @@ What to change when a phase does not fit: `tinyzero.train.memory_advice`.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from omegaconf import DictConfig
 
 from tinyzero.kernels.backend import auto_chunk_tokens, resolve_backend
+from tinyzero.models.lora import lora_enabled
 from tinyzero.train.memory_estimate import GIB, MemoryPlan, Shape, dtype_bytes, estimate_memory
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,8 @@ def shards_with_fsdp2(cfg) -> bool:
 
 
 def offloads(cfg, key: str) -> bool:
-    """`fsdp.<key>` as the run applies it: FSDP2's CPU offload, so with a device mesh on CUDA only.
-    A one-GPU recipe (trainer=gpu) builds no mesh and ignores it today (issue 23)."""
+    """`fsdp.<key>` as the run applies it: FSDP2's CPU offload, so with a device mesh (trainer=fsdp, one GPU
+    or more) on CUDA only; `build.validate` refuses it on a trainer without one."""
     return bool(cfg.fsdp[key]) and shards_with_fsdp2(cfg) and on_gpu(cfg)
 
 
@@ -74,10 +76,16 @@ def checkpoint_bytes_per_rank(cfg) -> float:
     """What the most loaded rank writes per checkpoint, computed from the shapes (not measured): the
     policy's and, with a critic, the critic's weights and AdamW's two moments in `model.dtype`; split over
     the ranks when sharded (`trainer.strategy.save_distributed_checkpoint`), else all on rank 0. The
-    frozen reference is never saved."""
+    frozen reference is never saved; with LoRA neither is the frozen base: the float32 adapters (and the
+    critic's value head) and their moments."""
     shape = model_shape(cfg.model)
     heads = ["lm"] + (["value"] if uses_critic(cfg) else [])
-    total = sum(3 * shape.params(head) * dtype_bytes(cfg.model.dtype) for head in heads)
+    lora = cfg.model.get("lora")
+    if lora_enabled(lora):
+        adapters = shape.lora_params(lora.rank, lora.target_modules)
+        total = sum(3 * (adapters + (shape.hidden_size + 1 if head == "value" else 0)) * 4 for head in heads)
+    else:
+        total = sum(3 * shape.params(head) * dtype_bytes(cfg.model.dtype) for head in heads)
     sharded = shards_with_fsdp2(cfg) and cfg.trainer.strategy.get("save_distributed_checkpoint", False)
     return total / ranks(cfg) if sharded else total
 
@@ -98,7 +106,10 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     shape = model_shape(cfg.model)
     vllm = cfg.rollout.engine.vllm
     # the compute dtype: FSDP2's param_dtype when sharded, else bf16 under autocast
-    param_dtype = cfg.fsdp.param_dtype if ranks(cfg) > 1 else ("bfloat16" if cfg.model.autocast_bf16 else None)
+    sharded = shards_with_fsdp2(cfg)
+    param_dtype = cfg.fsdp.param_dtype if sharded else ("bfloat16" if cfg.model.autocast_bf16 else None)
+    lora = cfg.model.get("lora")
+    lora_params = shape.lora_params(lora.rank, lora.target_modules) if lora_enabled(lora) else 0
     return estimate_memory(
         shape,
         world_size=ranks(cfg),
@@ -128,7 +139,18 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
             "hf": min(cfg.rollout.engine.hf.max_batch_size, responses_per_rank(cfg)),
         }[engine],
         engine_stays_awake=engine == "compiled" and cfg.rollout.engine.compiled.keep_graphs,
+        sharded=sharded,
+        lora_params=lora_params,
+        ranks_per_node=int(cfg.trainer.devices),
+        engine_sleeps_on_host=not (engine == "vllm" and vllm.sleep_level == 2),  # level 2 drops the weights
     )
+
+
+def host_bytes(cfg) -> float:
+    """`host_memory_gib`, or this machine's physical memory."""
+    if cfg.get("host_memory_gib"):
+        return cfg.host_memory_gib * GIB
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def reset_phase_peak() -> None:
@@ -154,7 +176,7 @@ def check_at_startup(cfg, engine: str) -> MemoryPlan:
     gpu_bytes = cfg.gpu_memory_gib * GIB if cfg.gpu_memory_gib else torch.cuda.get_device_properties(0).total_memory
     plan = plan_for(cfg, gpu_bytes, engine)
     log.info("memory plan per GPU (%.0f GiB):\n%s", gpu_bytes / GIB, plan.table())
-    for warning in plan.check(gpu_bytes):
+    for warning in plan.check(gpu_bytes, host_bytes(cfg)):
         log.warning("%s: expect out-of-memory", warning)
     if not plan.fits(gpu_bytes):
         from tinyzero.train.memory_advice import advice, run_composer  # it plans with this module

@@ -61,6 +61,29 @@ class Shape:
     def kv_cache_bytes_per_token(self, dtype: str) -> int:
         return 2 * self.num_layers * self.kv_dim * dtype_bytes(dtype)
 
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of a decoder layer, by its name (LoRA's targets)."""
+        h, kv, inter = self.hidden_size, self.kv_dim, self.intermediate_size
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, inter),
+            "up_proj": (h, inter),
+            "down_proj": (inter, h),
+        }
+
+    def lora_params(self, rank: int, targets) -> int:
+        """LoRA's A (r × in) and B (out × r) of each target in every layer."""
+        shapes = self.linear_shapes()
+        unknown = sorted(set(targets) - set(shapes))
+        if unknown:
+            from tinyzero.errors import ConfigError
+
+            raise ConfigError(f"model.lora.target_modules: {unknown} are not linear layers of Qwen2: {list(shapes)}")
+        return self.num_layers * sum(rank * (shapes[name][0] + shapes[name][1]) for name in set(targets))
+
 
 @dataclass
 class MemoryPlan:
@@ -68,7 +91,13 @@ class MemoryPlan:
 
     train: dict[str, float] = field(default_factory=dict)
     generate: dict[str, float] = field(default_factory=dict)
+    host: dict[str, float] = field(default_factory=dict)  # CPU memory per rank beyond the process itself
     notes: list[str] = field(default_factory=list)
+    ranks_per_node: int = 1
+
+    @property
+    def host_total(self) -> float:
+        return sum(self.host.values())
 
     @property
     def train_total(self) -> float:
@@ -98,16 +127,26 @@ class MemoryPlan:
         ):
             lines.append(f"{phase} phase: {total / GIB:.2f} GiB")
             lines += [f"  {name:<38} {value / GIB:8.2f} GiB" for name, value in parts.items() if value]
+        if self.host_total:
+            lines.append(f"host memory per rank (pinned, beside the GPU): {self.host_total / GIB:.2f} GiB")
+            lines += [f"  {name:<38} {value / GIB:8.2f} GiB" for name, value in self.host.items() if value]
         return "\n".join(lines + self.notes)
 
-    def check(self, gpu_bytes: float) -> list[str]:
-        """One warning per phase that does not fit in `gpu_bytes`."""
-        return [
+    def check(self, gpu_bytes: float, host_bytes: float | None = None) -> list[str]:
+        """One warning per phase that does not fit in `gpu_bytes`, and one when what the ranks of a node keep
+        in host memory (`host_total` × `ranks_per_node`) exceeds `host_bytes`."""
+        warnings = [
             f"the {phase} phase needs about {total / GIB:.1f} GiB per GPU, "
             f"more than the {gpu_bytes / GIB:.1f} GiB there"
             for phase, total in (("train", self.train_total), ("generate", self.generate_total))
             if total > gpu_bytes
         ]
+        if host_bytes is not None and self.host_total * self.ranks_per_node > host_bytes:
+            warnings.append(
+                f"offload and the sleeping engine keep about {self.host_total * self.ranks_per_node / GIB:.1f} GiB "
+                f"of host memory ({self.ranks_per_node} ranks), more than the {host_bytes / GIB:.1f} GiB there"
+            )
+        return warnings
 
 
 # Calibrated on an H200 (torch 2.11, a Qwen2.5-1.5B-shaped PPO step; README, "Memory plan"):
@@ -167,24 +206,42 @@ def estimate_memory(
     tensor_parallel_size: int,
     max_num_seqs: int,
     engine_stays_awake: bool = False,
+    sharded: bool | None = None,
+    lora_params: int = 0,
+    ranks_per_node: int = 1,
+    engine_sleeps_on_host: bool = True,
 ) -> MemoryPlan:
     """Train phase: what stays resident (shards of params and AdamW moments, the reference, the
     engine's weights on CPU) plus the largest of the transients that never coexist: a policy
     micro-batch's backward, a critic's, an optimizer step, a log-prob pass. Generate phase: the
     resident training state plus the engine's share."""
-    plan = MemoryPlan()
+    plan = MemoryPlan(ranks_per_node=ranks_per_node)
+    sharded = world_size > 1 if sharded is None else sharded  # FSDP2's device mesh (one GPU with offload too)
     master, compute = dtype_bytes(model_dtype), dtype_bytes(param_dtype or model_dtype)
     seq = prompt_len + response_len
     h, inter = shape.hidden_size, shape.intermediate_size
     models = [("policy", shape.params("lm"))] + ([("critic", shape.params("value"))] if use_critic else [])
     on_gpu = 0 if offload_optimizer else 1
+    # what each model trains: all its weights, or LoRA's float32 adapters (and the critic's value head)
+    trained = {"policy": lora_params, "critic": lora_params + h + 1} if lora_params else dict(models)
+    trained_bytes = 4 if lora_params else master
     for name, params in models:
-        plan.train[f"{name} params (sharded)"] = on_gpu * params * master / world_size
-        plan.train[f"{name} AdamW moments (sharded)"] = on_gpu * 2 * params * master / world_size
-    reference_on_gpu = 0 if offload_reference else 1
-    plan.train["reference params (sharded)"] = reference_on_gpu * shape.params("lm") * master / world_size
+        if lora_params:
+            plan.train[f"{name} frozen base weights"] = params * master / world_size
+            plan.train[f"{name} LoRA weights + AdamW moments"] = 3 * trained[name] * trained_bytes
+        else:
+            plan.train[f"{name} params (sharded)"] = on_gpu * params * master / world_size
+            plan.train[f"{name} AdamW moments (sharded)"] = on_gpu * 2 * params * master / world_size
+            # offloaded: the shards, their gradients and both moments, in pinned host memory
+            plan.host[f"{name} offloaded shards, grads, AdamW"] = (1 - on_gpu) * 4 * params * master / world_size
+    if lora_params:
+        plan.notes.append("LoRA: the reference is the policy's base with its adapters disabled: no copy of its own")
+    else:
+        reference_on_gpu = 0 if offload_reference else 1
+        plan.train["reference params (sharded)"] = reference_on_gpu * shape.params("lm") * master / world_size
+        plan.host["reference offloaded shards"] = (1 - reference_on_gpu) * shape.params("lm") * master / world_size
     root = shape.params("lm") - shape.num_layers * shape.layer_params
-    if world_size > 1:
+    if sharded:
         # FSDP2 gathers the root (embeddings, head) for the whole pass and a layer (plus the next, prefetched)
         plan.train["gathered root + 2 layers"] = (root + 2 * shape.layer_params) * compute
     engine_weights = shape.params("lm") * dtype_bytes(rollout_dtype) / tensor_parallel_size
@@ -196,6 +253,8 @@ def estimate_memory(
         plan.train["engine weights"] = engine_weights
         plan.train["KV cache (max_num_seqs sequences)"] = kv_cache
         plan.notes.append("rollout.engine.compiled.keep_graphs: the engine's weights and KV cache stay on the GPU")
+    elif engine_sleeps_on_host:  # asleep, the engine's weights wait in host memory (vLLM's sleep level 1)
+        plan.host["engine weights (asleep)"] = engine_weights
     resident = dict(plan.train)
 
     tokens = micro_batch * seq
@@ -208,19 +267,24 @@ def estimate_memory(
     # one GPU, float32 master weights under bf16 autocast: the bf16 copies of the weights a
     # backward needs (the head's for the pass, a layer's at a time when checkpointed)
     autocast_copies = 0.0
-    if world_size == 1 and compute < master:
+    if not sharded and compute < master:
         layers = 1 if gradient_checkpointing else shape.num_layers
         autocast_copies = (shape.vocab_size * h + layers * shape.layer_params) * compute
     head = partial(head_bytes, shape=shape, compute=compute, backend=kernels_backend, fused=fused_head)
     logits, head_rest = head(micro_batch * response_len, chunk_tokens=chunk_tokens, training=True)
-    policy_grads = on_gpu * shape.params("lm") * master / world_size
+    if lora_params:
+        head_rest = 0  # the frozen head: the fused kernel keeps no weight-gradient accumulator
+    policy_grads = trained["policy"] * trained_bytes * (1 if lora_params else on_gpu / world_size)
     transients = {
         "policy micro-batch backward (grads, activations, head, bf16 weights)": policy_grads
         + activations
         + logits
         + head_rest
         + autocast_copies,
-        "optimizer step (grads, AdamW's temporaries)": 2 * on_gpu * max(p for _, p in models) * master / world_size,
+        "optimizer step (grads, AdamW's temporaries)": 2
+        * max(trained.values())
+        * trained_bytes
+        * (1 if lora_params else on_gpu / world_size),
         "log-prob pass (no grad)": log_prob_micro_batch * seq * h * compute * 2
         + sum(head(log_prob_micro_batch * response_len, chunk_tokens=chunk_tokens, training=False)),
     }
@@ -231,9 +295,8 @@ def estimate_memory(
         how = f"{micro_batch} × {response_len} response tokens, {kernels_backend} path"
     plan.notes.append(f"logits of a policy micro-batch: {logits / GIB:.2f} GiB ({how})")
     if use_critic:
-        transients["critic micro-batch backward (grads, activations)"] = (
-            on_gpu * shape.params("value") * master / world_size + activations + autocast_copies
-        )
+        critic_grads = trained["critic"] * trained_bytes * (1 if lora_params else on_gpu / world_size)
+        transients["critic micro-batch backward (grads, activations)"] = critic_grads + activations + autocast_copies
     largest = max(transients, key=transients.get)
     plan.train[f"largest transient: {largest}"] = transients[largest]
     plan.train["allocator slack"] = ALLOCATOR_SLACK * sum(plan.train.values())

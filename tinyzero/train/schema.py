@@ -40,6 +40,10 @@ TOP = section(
         "seed": (STEPS, "the run's seed: initial weights, data order and (rollout.seed) sampling"),
         "ckpt_path": (Text(nullable=True), "resume from a step_K.ckpt, or last: the newest good one; null: start"),
         "gpu_memory_gib": (Number(0, low_open=True, nullable=True), "the memory plan's GiB per GPU; null: its total"),
+        "host_memory_gib": (
+            Number(0, low_open=True, nullable=True),
+            "the plan's host memory per node (offload, the sleeping engine); null: this machine's",
+        ),
         "sweep_job_process": (OneOf(JOB_PROCESSES), "a -m sweep's job trains in a fresh process | the same | auto"),
     },
 )
