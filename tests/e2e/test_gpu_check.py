@@ -34,9 +34,12 @@ def test_cpu_mode_runs_every_stage_and_prints_the_summary_last(tmp_path):
     result = run("--cpu", "--budget", "120", "--out", str(tmp_path), timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = {r["stage"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
-    assert list(summary) == ["f", "a", "b", "c", "d", "e"]  # the engine whose code never ran on a GPU first
+    assert list(summary) == ["f", "g", "a", "b", "c", "d", "e"]  # the code that never ran on a GPU first
     verdicts = {stage: r["result"] for stage, r in summary.items()}
-    assert verdicts == {"a": "pass", "b": "pass", "c": "pass", "d": "pass", "e": "not run", "f": "pass"}, verdicts
+    assert verdicts == {**dict.fromkeys("abcdfg", "pass"), "e": "not run"}, verdicts
+    lora, *offload = summary["g"]["rows"]  # on CPU the LoRA recipe alone: offload needs CUDA
+    assert lora["recipe"] == "countdown_3b_lora_24gb" and lora["steps"] == 2
+    assert [row["skipped"] for row in offload] == ["FSDP2's CPU offload needs CUDA"] * 2
     kernels = {row["kernel"] for row in summary["a"]["rows"]}
     assert kernels == {"logprobs+entropy", "gae", "linear logprobs+entropy"}
     assert [row["variant"] for row in summary["c"]["rows"]] == ["triton fused"]  # stage d: torch
@@ -45,8 +48,8 @@ def test_cpu_mode_runs_every_stage_and_prints_the_summary_last(tmp_path):
     assert float32["equal_rows"] == "6/6" and bfloat16["check"].endswith("(tiny, bfloat16)")
     assert [row["impl"] for row in summary["f"]["rows"][2:]] == ["hf", "compiled"]
     assert result.stdout.rstrip().endswith((tmp_path / "summary.md").read_text().rstrip())
-    # the first stage's limit is its share of the budget (f: 30 of the CPU limits' 105 s), not the whole of it
-    assert summary["f"]["limit"] <= 115 * 30 / 105  # as written: rounded to 0.1 s
+    # the first stage's limit is its share of the budget (f: 40 of the CPU limits' 140 s), not the whole of it
+    assert summary["f"]["limit"] <= 115 * 40 / 140  # as written: rounded to 0.1 s
 
 
 def test_a_stuck_stage_times_out_at_its_share_and_the_rest_still_run(tmp_path):

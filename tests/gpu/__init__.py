@@ -12,7 +12,7 @@ own time limit, so a crash or a hang in one does not stop the others. Imported a
 from .engines import stage_rollout_engines, stage_vllm_smoke
 from .kernel_checks import stage_kernels
 from .runs import stage_benchmarks
-from .training import stage_ppo_1p5b, stage_tiny_recipe
+from .training import stage_one_gpu_recipes, stage_ppo_1p5b, stage_tiny_recipe
 
 STAGES = {
     "a": ("kernels vs float64", stage_kernels),
@@ -21,4 +21,5 @@ STAGES = {
     "d": ("countdown_tiny on the GPU", stage_tiny_recipe),
     "e": ("vLLM smoke", stage_vllm_smoke),
     "f": ("compiled rollout engine", stage_rollout_engines),
+    "g": ("one-GPU recipes (LoRA, offload)", stage_one_gpu_recipes),
 }

@@ -94,11 +94,16 @@ def last_metrics(run_dir: Path) -> dict[str, dict[str, float]]:
     return by_step
 
 
-def train(out: Path, name: str, overrides: list[str], forked: bool) -> tuple[int, Path, float]:
+def train(
+    out: Path, name: str, overrides: list[str], forked: bool, cap_gib: float | None = None
+) -> tuple[int, Path, float]:
     """`scripts/train.py <overrides>` into `out/<name>` (log beside it), in a fork of this process
-    (`forked`, on CPU) or a process of its own: exit status, run folder, nvidia-smi's peak GiB."""
+    (`forked`, on CPU) or a process of its own, its allocator capped at `cap_gib` of the GPU
+    (`gpu.capped`): exit status, run folder, nvidia-smi's peak GiB."""
     run_dir = out / name
     arguments = ["scripts/train.py", *overrides, f"hydra.run.dir={run_dir}", "logger=csv"]
+    if cap_gib is not None:
+        arguments = ["-m", "gpu.capped", str(cap_gib), *arguments]
     with GpuMemorySampler() if torch.cuda.is_available() else nullcontext() as sampler:
         code = run_python(arguments, out / f"{name}.log", forked)
     return code, run_dir, (sampler.peak_mib / 1024 if sampler else math.nan)
