@@ -28,15 +28,10 @@ VARIANTS = {
 
 
 def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
-    architecture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/qwen2.5-1.5b.yaml").architecture)
-    if small:
-        architecture.update(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
-        architecture.update(num_attention_heads=4, num_key_value_heads=2)
-    model_dir = out / "model_1.5b_shape"
     # built in a process of its own (a fork on CPU): memory this process kept cached would count against the runs
-    arguments = [str(model_dir), json.dumps(architecture), "cpu" if small else "cuda"]
-    if run_python(["-m", "gpu.models", *arguments], out / "model_1.5b_shape.log", forked=small) != 0:
-        return [{"error": f"building the model failed: see {out / 'model_1.5b_shape.log'}"}], False
+    model_dir = random_model(out, "qwen2.5-1.5b", small)
+    if model_dir is None:
+        return [{"error": f"building the model failed: see {out}/model_qwen2.5-1.5b.log"}], False
     common = [
         "experiment=countdown_1.5b",
         f"model.path={model_dir}",
