@@ -32,26 +32,8 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
     model_dir = random_model(out, "qwen2.5-1.5b", small)
     if model_dir is None:
         return [{"error": f"building the model failed: see {out}/model_qwen2.5-1.5b.log"}], False
-    common = [
-        "experiment=countdown_1.5b",
-        f"model.path={model_dir}",
-        "data.source=generate",
-        "data.train_size=512",
-        "data.test_size=16",
-        f"paths.data_dir={out}/data",
-        "data.train_batch_size=16",
-        "algorithm.ppo_mini_batch_size=16",
-        "rollout.engine.kind=auto",  # the recipe asks for vLLM; without it, the compiled engine
-        "data.max_steps=2",
-        "callbacks.rollout.eval_every_n_steps=0",
-        "callbacks.rollout.print_samples_every_n_steps=0",
-        "callbacks.checkpoint.every_n_steps=0",
-        "callbacks.checkpoint.save_hf=false",
-        "callbacks.progress_bar.refresh_rate=0",
-    ]
-    if small:
-        common += ["trainer=cpu", "rollout.max_new_tokens=8", "data.overlong_prompts=truncate"]
-        common += ["data.train_batch_size=4", "algorithm.ppo_mini_batch_size=4", "algorithm.ppo_micro_batch_size=4"]
+    common = two_steps("countdown_1.5b", model_dir, out, small)
+    common += ["algorithm.ppo_micro_batch_size=4"] if small else []
     # at toy size the fused path only: stage d runs the torch reference on CPU
     variants = {"triton fused": VARIANTS["triton fused"]} if small else VARIANTS
     rows, ok = [], True
@@ -62,6 +44,33 @@ def stage_ppo_1p5b(out: Path, small: bool) -> tuple[list[dict], bool]:
         save_partial(out, "c", rows)
         ok = ok and code == 0 and row["steps"] == 2
     return rows, ok
+
+
+def two_steps(recipe: str, model_dir: Path, out: Path, small: bool) -> list[str]:
+    """Overrides for 2 steps of `recipe` on `model_dir`'s random weights with 16 generated prompts a step (4 and
+    8-token responses on CPU: `small`), the engine `auto` picks (vLLM where it imports, else the compiled one;
+    the log says which), no evaluation or checkpoint."""
+    overrides = [
+        f"experiment={recipe}",
+        f"model.path={model_dir}",
+        "data.source=generate",
+        "data.train_size=512",
+        "data.test_size=16",
+        f"paths.data_dir={out}/data",
+        "data.train_batch_size=16",
+        "algorithm.ppo_mini_batch_size=16",
+        "rollout.engine.kind=auto",
+        "data.max_steps=2",
+        "callbacks.rollout.eval_every_n_steps=0",
+        "callbacks.rollout.print_samples_every_n_steps=0",
+        "callbacks.checkpoint.every_n_steps=0",
+        "callbacks.checkpoint.save_hf=false",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    if small:
+        overrides += ["trainer=cpu", "rollout.max_new_tokens=8", "data.overlong_prompts=truncate"]
+        overrides += ["data.train_batch_size=4", "algorithm.ppo_mini_batch_size=4"]
+    return overrides
 
 
 def phase_row(row: dict, code: int, run_dir: Path, smi_peak: float) -> dict:
@@ -122,27 +131,7 @@ def stage_one_gpu_recipes(out: Path, small: bool) -> tuple[list[dict], bool]:
             rows.append({"recipe": recipe, "error": f"building the model failed: see {out}/model_{model}.log"})
             ok = False
             continue
-        overrides = [
-            f"experiment={recipe}",
-            f"model.path={model_dir}",
-            f"gpu_memory_gib={card_gib}",  # the plan logged beside the peaks is the card's
-            "data.source=generate",
-            "data.train_size=512",
-            "data.test_size=16",
-            f"paths.data_dir={out}/data",
-            "data.train_batch_size=16",
-            "algorithm.ppo_mini_batch_size=16",
-            "rollout.engine.kind=auto",  # vLLM where it imports, else the compiled engine (the row says which)
-            "data.max_steps=2",
-            "callbacks.rollout.eval_every_n_steps=0",
-            "callbacks.rollout.print_samples_every_n_steps=0",
-            "callbacks.checkpoint.every_n_steps=0",
-            "callbacks.checkpoint.save_hf=false",
-            "callbacks.progress_bar.refresh_rate=0",
-        ]
-        if small:
-            overrides += ["trainer=cpu", "rollout.max_new_tokens=8", "data.overlong_prompts=truncate"]
-            overrides += ["data.train_batch_size=4", "algorithm.ppo_mini_batch_size=4"]
+        overrides = [*two_steps(recipe, model_dir, out, small), f"gpu_memory_gib={card_gib}"]  # the card's plan
         code, run_dir, smi_peak = train(out, recipe, overrides, forked=small, cap_gib=None if small else card_gib)
         log = (out / f"{recipe}.log").read_text(errors="replace")
         engine = next(
