@@ -1,5 +1,11 @@
 import os
 
+# `make test` runs two pytest-xdist workers on two cores: one thread each (torch reads this at import, and
+# the scripts a test starts inherit it); with torch's default of one per core the workers' OpenMP threads
+# spin against each other (gpu_check's stage f took 31 s beside the demo test, 4 s alone)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
