@@ -12,7 +12,7 @@ import torch
 from tinyzero.distributed import full_state_dict
 from tinyzero.errors import ConfigError
 from tinyzero.models.loading import load_critic, load_policy, load_tokenizer
-from tinyzero.models.lora import add_lora, frozen_names, has_adapters, lora_enabled, merged_weights
+from tinyzero.models.lora import add_lora, frozen_names, has_adapters, lora_enabled, merged_weights, save_adapter
 from tinyzero.ppo.advantages import ADVANTAGE_ESTIMATORS
 from tinyzero.train.checkpointing import saved_config, verify_checkpoint
 
@@ -43,7 +43,7 @@ def save_hf(model: torch.nn.Module, role: str, model_cfg, out: Path, keep: bool 
         for name, param in params.items():
             param.copy_(merged[name])
     base.save_pretrained(out / role)
-    model.save_pretrained(out / f"{role}_adapter")
+    save_adapter(model, out / f"{role}_adapter")
     return [out / role, out / f"{role}_adapter"]
 
 
