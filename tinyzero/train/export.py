@@ -20,6 +20,11 @@ ROLES = ("policy", "critic")
 LOADERS = {"policy": load_policy, "critic": load_critic}
 
 
+def base_path(model_cfg, role: str) -> str:
+    """Where `role`'s initial weights come from: `model.path` or `model.critic_path`."""
+    return model_cfg["path"] if role == "policy" else model_cfg["critic_path"]
+
+
 def save_hf(model: torch.nn.Module, role: str, model_cfg, out: Path, keep: bool = True) -> list[Path]:
     """`out/<role>`, a Hugging Face folder of `model`'s weights; with LoRA the adapters merged in (the base
     loaded from `model.path` / `model.critic_path` and filled with the merged weights) and the adapters
@@ -33,7 +38,7 @@ def save_hf(model: torch.nn.Module, role: str, model_cfg, out: Path, keep: bool 
     merged = {name: tensor.cpu() for name, tensor in merged_weights(model)}
     if not keep:
         return []
-    base = LOADERS[role](model_cfg["path"] if role == "policy" else model_cfg["critic_path"], model_cfg["dtype"])
+    base = LOADERS[role](base_path(model_cfg, role), model_cfg["dtype"])
     params = dict(base.named_parameters())  # tied weights once, as `merged_weights` yields them
     if params.keys() != merged.keys():
         raise RuntimeError(
@@ -83,8 +88,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, roles: tuple[str, ...] = 
     for role in roles:
         if not trained[role]:
             continue
-        base = model_cfg["path"] if role == "policy" else model_cfg["critic_path"]
-        model = LOADERS[role](base, model_cfg["dtype"])
+        model = LOADERS[role](base_path(model_cfg, role), model_cfg["dtype"])
         if lora_enabled(model_cfg.get("lora")):
             add_lora(model, model_cfg["lora"], role)
         load_role(checkpoint, role, model)

@@ -72,6 +72,12 @@ def uses_critic(cfg) -> bool:
     return ADVANTAGE_ESTIMATORS[cfg.algorithm.adv_estimator].needs_critic
 
 
+def lora_params(cfg, shape: Shape) -> int:
+    """Parameters in each model's LoRA adapters (`model.lora`); 0 when the run trains every weight."""
+    lora = cfg.model.get("lora")
+    return shape.lora_params(lora.rank, lora.target_modules) if lora_enabled(lora) else 0
+
+
 def checkpoint_bytes_per_rank(cfg) -> float:
     """What the most loaded rank writes per checkpoint, computed from the shapes (not measured): the
     policy's and, with a critic, the critic's weights and AdamW's two moments in `model.dtype`; split over
@@ -80,9 +86,8 @@ def checkpoint_bytes_per_rank(cfg) -> float:
     critic's value head) and their moments."""
     shape = model_shape(cfg.model)
     heads = ["lm"] + (["value"] if uses_critic(cfg) else [])
-    lora = cfg.model.get("lora")
-    if lora_enabled(lora):
-        adapters = shape.lora_params(lora.rank, lora.target_modules)
+    adapters = lora_params(cfg, shape)
+    if adapters:
         total = sum(3 * (adapters + (shape.hidden_size + 1 if head == "value" else 0)) * 4 for head in heads)
     else:
         total = sum(3 * shape.params(head) * dtype_bytes(cfg.model.dtype) for head in heads)
@@ -108,8 +113,6 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
     # the compute dtype: FSDP2's param_dtype when sharded, else bf16 under autocast
     sharded = shards_with_fsdp2(cfg)
     param_dtype = cfg.fsdp.param_dtype if sharded else ("bfloat16" if cfg.model.autocast_bf16 else None)
-    lora = cfg.model.get("lora")
-    lora_params = shape.lora_params(lora.rank, lora.target_modules) if lora_enabled(lora) else 0
     return estimate_memory(
         shape,
         world_size=ranks(cfg),
@@ -140,7 +143,7 @@ def plan_for(cfg, gpu_bytes: float, engine: str) -> MemoryPlan:
         }[engine],
         engine_stays_awake=engine == "compiled" and cfg.rollout.engine.compiled.keep_graphs,
         sharded=sharded,
-        lora_params=lora_params,
+        lora_params=lora_params(cfg, shape),
         ranks_per_node=int(cfg.trainer.devices),
         engine_sleeps_on_host=not (engine == "vllm" and vllm.sleep_level == 2),  # level 2 drops the weights
     )

@@ -205,8 +205,8 @@ def estimate_memory(
     gpu_memory_utilization: float,
     tensor_parallel_size: int,
     max_num_seqs: int,
+    sharded: bool,  # FSDP2's device mesh (trainer=fsdp: a one-GPU mesh too)
     engine_stays_awake: bool = False,
-    sharded: bool | None = None,
     lora_params: int = 0,
     ranks_per_node: int = 1,
     engine_sleeps_on_host: bool = True,
@@ -216,7 +216,6 @@ def estimate_memory(
     micro-batch's backward, a critic's, an optimizer step, a log-prob pass. Generate phase: the
     resident training state plus the engine's share."""
     plan = MemoryPlan(ranks_per_node=ranks_per_node)
-    sharded = world_size > 1 if sharded is None else sharded  # FSDP2's device mesh (one GPU with offload too)
     master, compute = dtype_bytes(model_dtype), dtype_bytes(param_dtype or model_dtype)
     seq = prompt_len + response_len
     h, inter = shape.hidden_size, shape.intermediate_size
